@@ -1,0 +1,474 @@
+"""The control side of the core: rooms, participants and the media workers behind them.
+
+This runs in the control process. It keeps rooms and participants in the state store,
+places rooms on media workers, drives the workers over their local channel, restarts a
+worker that dies (rehydrating its rooms from the state store) and fans the workers'
+events out to subscribers (the web layer). It never touches media itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import channel
+from .config import Config
+from .model import Participant, ParticipantKind, Room, RoomMode, RtpEndpoint, new_id
+from .state import MemoryStateStore, StateStore
+
+logger = logging.getLogger("bridge.control")
+
+#: How long a command may wait for a worker's reply.
+COMMAND_TIMEOUT_S = 5.0
+#: How long a starting worker may take to say it is ready.
+START_TIMEOUT_S = 20.0
+#: Events kept for late readers (/api/events and tests).
+EVENT_HISTORY = 1000
+
+Subscriber = Callable[[dict[str, Any]], None]
+
+
+class NotFoundError(KeyError):
+    """An unknown room or participant."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class ConflictError(ValueError):
+    """The request conflicts with the current state."""
+
+
+class WorkerError(RuntimeError):
+    """A media worker refused or failed a command."""
+
+    def __init__(self, message: str, kind: str = "WorkerError") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    state: str = "starting"
+    process: subprocess.Popen[bytes] | None = None
+    sock: socket.socket | None = None
+    restarts: int = 0
+    rtp_port: int = 0
+    stats: dict[str, Any] = field(default_factory=dict)
+    pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    started_at: float = 0.0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class Control:
+    """The core's facade for the web layer and the gateways."""
+
+    def __init__(self, config: Config, store: StateStore | None = None) -> None:
+        self.config = config
+        self.store = store or MemoryStateStore()
+        self.workers = [WorkerHandle(index=i) for i in range(config.media.workers)]
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=EVENT_HISTORY)
+        self._subscribers: list[Subscriber] = []
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._restart_tasks: set[asyncio.Task[None]] = set()
+        self.recorder: Any = None
+        self.epoch = new_id()
+        self.sequence = 0
+
+    # -------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        if self.recorder is None:
+            from .recording import RecorderService
+
+            self.recorder = RecorderService(self.config)
+            self.recorder.start(len(self.workers))
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        for room_config in self.config.rooms:
+            if await self.find_room(room_config.name) is None:
+                await self.create_room(room_config.name, room_config.mode, room_config.record)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in list(self._restart_tasks):
+            task.cancel()
+        for worker in self.workers:
+            await self._stop_worker(worker)
+        if self.recorder is not None:
+            self.recorder.stop()
+
+    async def _stop_worker(self, worker: WorkerHandle) -> None:
+        worker.state = "stopped"
+        proc = worker.process
+        if worker.sock is not None:
+            with contextlib.suppress(OSError):
+                worker.sock.send(channel.encode({"op": "stop", "id": 0}))
+        if proc is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(proc.wait), 5)
+            except TimeoutError:
+                proc.kill()
+                await asyncio.to_thread(proc.wait)
+        self._close_channel(worker)
+
+    def _close_channel(self, worker: WorkerHandle) -> None:
+        if worker.sock is not None:
+            with contextlib.suppress(ValueError, RuntimeError):
+                asyncio.get_running_loop().remove_reader(worker.sock.fileno())
+            worker.sock.close()
+            worker.sock = None
+        for future in worker.pending.values():
+            if not future.done():
+                future.set_exception(WorkerError(f"worker {worker.index} went away"))
+        worker.pending.clear()
+
+    async def _spawn(self, worker: WorkerHandle) -> None:
+        control_end, worker_end = channel.socket_pair()
+        config_json = json.dumps(self.config.model_dump(mode="json"))
+        env = dict(os.environ)
+        worker.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "bridge.worker",
+                "--fd",
+                str(worker_end.fileno()),
+                "--index",
+                str(worker.index),
+                "--config",
+                config_json,
+                "--log-level",
+                logging.getLevelName(logging.getLogger().level),
+            ],
+            pass_fds=[worker_end.fileno()],
+            env=env,
+        )
+        worker_end.close()
+        control_end.setblocking(False)
+        worker.sock = control_end
+        worker.ready = asyncio.Event()
+        worker.state = "starting"
+        worker.started_at = time.time()
+        loop = asyncio.get_running_loop()
+        loop.add_reader(control_end.fileno(), self._readable, worker)
+        try:
+            await asyncio.wait_for(worker.ready.wait(), START_TIMEOUT_S)
+        except TimeoutError:
+            raise WorkerError(
+                f"worker {worker.index} did not start in {START_TIMEOUT_S} s"
+            ) from None
+        if self.recorder is not None:
+            await self.command(worker.index, "recorder", ring=self.recorder.ring_name(worker.index))
+        rooms = await self.store.rooms_of_worker(worker.index)
+        await self.command(worker.index, "hydrate", rooms=[r.to_dict() for r in rooms])
+        worker.state = "running"
+
+    def _readable(self, worker: WorkerHandle) -> None:
+        sock = worker.sock
+        if sock is None:
+            return
+        while True:
+            try:
+                data = sock.recv(channel.MAX_MESSAGE)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self._worker_died(worker)
+                return
+            self._dispatch(worker, channel.decode(data))
+
+    def _dispatch(self, worker: WorkerHandle, message: dict[str, Any]) -> None:
+        kind = message.get("kind")
+        if kind == "reply":
+            future = worker.pending.pop(message.get("id", -1), None)
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif kind == "ready":
+            worker.rtp_port = message["rtp_port"]
+            worker.ready.set()
+        elif kind == "stats":
+            worker.stats = message["stats"]
+        elif kind == "event":
+            message.pop("kind")
+            self.publish(message)
+
+    def _worker_died(self, worker: WorkerHandle) -> None:
+        self._close_channel(worker)
+        if self._stopping or worker.state == "stopped":
+            return
+        code = worker.process.poll() if worker.process else None
+        logger.error(
+            "media worker %d (pid %s) died (exit %s); restarting", worker.index, worker.pid, code
+        )
+        worker.state = "restarting"
+        self.publish(
+            {"event": "worker_died", "worker": worker.index, "pid": worker.pid, "exit": code}
+        )
+        task = asyncio.get_running_loop().create_task(self._restart(worker))
+        self._restart_tasks.add(task)
+        task.add_done_callback(self._restart_tasks.discard)
+
+    async def _restart(self, worker: WorkerHandle) -> None:
+        if worker.process is not None:
+            await asyncio.to_thread(worker.process.wait)
+        worker.restarts += 1
+        try:
+            await self._spawn(worker)
+        except WorkerError:
+            logger.exception("media worker %d failed to restart", worker.index)
+            worker.state = "failed"
+            return
+        logger.info("media worker %d restarted as pid %s", worker.index, worker.pid)
+        self.publish(
+            {
+                "event": "worker_restarted",
+                "worker": worker.index,
+                "pid": worker.pid,
+                "restarts": worker.restarts,
+            }
+        )
+
+    # ----------------------------------------------------------------- events
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        self._subscribers.append(callback)
+        return lambda: self._subscribers.remove(callback)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        self.sequence += 1
+        event = {**event, "epoch": self.epoch, "seq": self.sequence, "time": time.time()}
+        self.events.append(event)
+        for callback in list(self._subscribers):
+            try:
+                callback(event)
+            except Exception:
+                logger.exception("event subscriber failed")
+
+    # --------------------------------------------------------------- commands
+    async def command(self, index: int, op: str, **args: Any) -> Any:
+        worker = self.workers[index]
+        if worker.sock is None:
+            raise WorkerError(f"worker {index} is not running ({worker.state})", "Unavailable")
+        ident = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        worker.pending[ident] = future
+        try:
+            worker.sock.send(channel.encode({"op": op, "id": ident, **args}))
+            reply = await asyncio.wait_for(future, COMMAND_TIMEOUT_S)
+        except TimeoutError:
+            raise WorkerError(f"worker {index} did not answer {op}", "Unavailable") from None
+        finally:
+            worker.pending.pop(ident, None)
+        if not reply["ok"]:
+            raise WorkerError(reply["error"], reply.get("error_type", "WorkerError"))
+        return reply.get("result")
+
+    async def _running_command(self, index: int, op: str, **args: Any) -> Any:
+        """A command for a worker that may be restarting: wait for it a little."""
+        worker = self.workers[index]
+        if worker.state != "running":
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while worker.state != "running" and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return await self.command(index, op, **args)
+
+    # ------------------------------------------------------------------ rooms
+    async def list_rooms(self) -> list[Room]:
+        return await self.store.list_rooms()
+
+    async def find_room(self, name_or_id: str) -> Room | None:
+        room = await self.store.get_room(name_or_id)
+        if room is not None:
+            return room
+        for room in await self.store.list_rooms():
+            if room.name == name_or_id:
+                return room
+        return None
+
+    async def get_room(self, name_or_id: str) -> Room:
+        room = await self.find_room(name_or_id)
+        if room is None:
+            raise NotFoundError(f"unknown room: {name_or_id}")
+        return room
+
+    def _place(self) -> int:
+        """The least loaded running worker: fewest legs, then lowest p99 tick work."""
+
+        def load(w: WorkerHandle) -> tuple[int, float]:
+            return (
+                int(w.stats.get("legs", 0)),
+                float(w.stats.get("tick", {}).get("work_p99_ms", 0.0)),
+            )
+
+        candidates = [w for w in self.workers if w.state == "running"] or self.workers
+        return min(candidates, key=load).index
+
+    async def create_room(
+        self, name: str, mode: RoomMode = RoomMode.OPEN, record: bool = False
+    ) -> Room:
+        if await self.find_room(name) is not None:
+            raise ConflictError(f"room already exists: {name}")
+        room = Room(
+            id=new_id(),
+            name=name,
+            mode=mode,
+            record=record,
+            rate=self.config.media.room_rate,
+            worker=self._place(),
+        )
+        await self.store.put_room(room)
+        await self._running_command(
+            room.worker, "add_room", room=room.id, name=name, mode=str(mode), record=record
+        )
+        self.publish({"event": "room_created", "room": room.id, "name": name})
+        return room
+
+    async def delete_room(self, name_or_id: str) -> None:
+        room = await self.get_room(name_or_id)
+        await self.store.delete_room(room.id)
+        await self._running_command(room.worker, "remove_room", room=room.id)
+        self.publish({"event": "room_deleted", "room": room.id})
+
+    async def set_recording(self, name_or_id: str, record: bool) -> Room:
+        room = await self.get_room(name_or_id)
+        room.record = record
+        await self.store.put_room(room)
+        await self._running_command(room.worker, "set_record", room=room.id, record=record)
+        self.publish({"event": "recording", "room": room.id, "recording": record})
+        return room
+
+    # ----------------------------------------------------------- participants
+    async def join_rtp(
+        self,
+        room_name: str,
+        *,
+        remote: RtpEndpoint,
+        codec: str = "PCMU",
+        payload_type: int = 0,
+        clock_rate: int | None = None,
+        dtmf_payload_type: int | None = None,
+        ssrc: int | None = None,
+        name: str = "",
+        kind: ParticipantKind = ParticipantKind.RTP,
+    ) -> tuple[Participant, dict[str, Any]]:
+        room = await self.get_room(room_name)
+        participant = Participant(
+            id=new_id(),
+            room=room.id,
+            kind=kind,
+            name=name,
+            codec=codec,
+            clock_rate=clock_rate,
+            payload_type=payload_type,
+            dtmf_payload_type=dtmf_payload_type,
+            remote=remote,
+            ssrc=ssrc,
+            worker=room.worker,
+        )
+        result = await self._running_command(room.worker, "join", participant=participant.to_dict())
+        await self.store.put_participant(participant)
+        self.publish(
+            {
+                "event": "joined",
+                "room": room.id,
+                "participant": participant.id,
+                "kind": str(kind),
+                "name": name,
+            }
+        )
+        return participant, result
+
+    async def leave(self, room_name: str, participant_id: str) -> None:
+        room = await self.get_room(room_name)
+        if participant_id not in room.participants:
+            raise NotFoundError(f"unknown participant: {participant_id}")
+        await self.store.delete_participant(room.id, participant_id)
+        await self._running_command(room.worker, "leave", participant=participant_id)
+        self.publish({"event": "left", "room": room.id, "participant": participant_id})
+
+    async def update_participant(
+        self,
+        room_name: str,
+        participant_id: str,
+        *,
+        gain: float | None = None,
+        muted: bool | None = None,
+    ) -> Participant:
+        room = await self.get_room(room_name)
+        participant = room.participants.get(participant_id)
+        if participant is None:
+            raise NotFoundError(f"unknown participant: {participant_id}")
+        if gain is not None:
+            participant.gain = gain
+        if muted is not None:
+            participant.muted = muted
+        await self.store.put_participant(participant)
+        await self._running_command(
+            room.worker, "set_leg", participant=participant_id, gain=gain, muted=muted
+        )
+        return participant
+
+    async def participant_stats(self, room_name: str, participant_id: str) -> dict[str, Any]:
+        room = await self.get_room(room_name)
+        if participant_id not in room.participants:
+            raise NotFoundError(f"unknown participant: {participant_id}")
+        result: dict[str, Any] = await self._running_command(
+            room.worker, "leg_stats", participant=participant_id
+        )
+        return result
+
+    # ----------------------------------------------------------------- health
+    def health(self) -> dict[str, Any]:
+        workers = []
+        for w in self.workers:
+            tick = w.stats.get("tick", {})
+            workers.append(
+                {
+                    "index": w.index,
+                    "pid": w.pid,
+                    "state": w.state,
+                    "restarts": w.restarts,
+                    "rtp_port": w.rtp_port,
+                    "rooms": w.stats.get("rooms", 0),
+                    "legs": w.stats.get("legs", 0),
+                    "ticks": tick.get("ticks", 0),
+                    "late_ticks": tick.get("late_ticks", 0),
+                    "on_time_pct": tick.get("on_time_pct"),
+                    "work_p99_ms": tick.get("work_p99_ms"),
+                }
+            )
+        ok = all(w["state"] == "running" for w in workers)
+        recorder = self.recorder.health() if self.recorder is not None else None
+        return {
+            "status": "ok" if ok else "degraded",
+            "epoch": self.epoch,
+            "control": {"pid": os.getpid(), "state": "running"},
+            "workers": workers,
+            "recorder": recorder,
+        }
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)

@@ -1,0 +1,364 @@
+"""A media worker: a process that owns a shard of rooms, their RTP port and the tick.
+
+DESIGN.md, "Processes": nothing busy in pure Python shares this interpreter, because
+every ctypes call and every large NumPy operation hands the GIL back and a busy thread
+beside the tick stretches it. The worker waits for the next tick deadline in ``epoll``;
+commands from the control process are served between ticks as they arrive.
+
+Run as ``python -m bridge.worker --fd N --index I --config JSON``; ``ucbridge serve``
+starts, supervises and restarts it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from .channel import Message, WorkerEnd
+from .config import FRAME_MS, Config, parse_config
+from .engine import AdmissionError, AudioEngine, LegSpec
+from .mmsg import BatchSocket, rcvbuf_errors, set_receive_buffer
+from .model import RoomMode
+from .recorder import BurstInfo, RecordingStart, RecordKind
+from .shmring import RingWriter
+
+logger = logging.getLogger("bridge.worker")
+
+TICK_NS = FRAME_MS * 1_000_000
+#: How many recent ticks the p50/p99 figures cover (10 s).
+WINDOW_TICKS = 500
+#: How often the worker reports its load to the control process.
+STATS_EVERY_TICKS = 50
+#: Stages reported per tick, in order.
+STAGES = ("receive", "parse", "jitter", "decode", "mix", "encode", "send")
+#: Talk events that open and close a burst in a recording's index.
+_BURST_RECORDS = {"talking": RecordKind.BURST_START, "stopped_talking": RecordKind.BURST_END}
+
+
+class TickClock:
+    """Tick work and lateness over a sliding window, plus lifetime counters."""
+
+    def __init__(self, budget: float) -> None:
+        self.budget_ns = int(budget * TICK_NS)
+        self.work = np.zeros(WINDOW_TICKS, dtype=np.int64)
+        self.stages = np.zeros((WINDOW_TICKS, len(STAGES)), dtype=np.int64)
+        self.count = 0
+        self.late = 0
+        self.missed = 0
+
+    def record(self, work_ns: int, stages: tuple[int, ...], on_time: bool) -> None:
+        i = self.count % WINDOW_TICKS
+        self.work[i] = work_ns
+        self.stages[i] = stages
+        self.count += 1
+        if not on_time:
+            self.late += 1
+
+    def window(self) -> np.ndarray[Any, np.dtype[np.int64]]:
+        return self.work[: min(self.count, WINDOW_TICKS)]
+
+    def p99_ns(self) -> int:
+        window = self.window()
+        return int(np.percentile(window, 99)) if len(window) else 0
+
+    def over_budget(self) -> bool:
+        return self.count >= STATS_EVERY_TICKS and self.p99_ns() > self.budget_ns
+
+    def summary(self) -> dict[str, Any]:
+        window = self.window()
+        stages = self.stages[: len(window)]
+        return {
+            "ticks": self.count,
+            "late_ticks": self.late,
+            "missed_ticks": self.missed,
+            "on_time_pct": 100.0 * (1 - self.late / self.count) if self.count else 100.0,
+            "work_p50_ms": float(np.percentile(window, 50)) / 1e6 if len(window) else 0.0,
+            "work_p99_ms": self.p99_ns() / 1e6,
+            "budget_ms": self.budget_ns / 1e6,
+            "stages_p50_ms": {
+                name: float(np.percentile(stages[:, j], 50)) / 1e6 if len(window) else 0.0
+                for j, name in enumerate(STAGES)
+            },
+        }
+
+
+class MediaWorker:
+    def __init__(self, config: Config, index: int, channel: WorkerEnd) -> None:
+        self.config = config
+        self.index = index
+        self.channel = channel
+        media = config.media
+        self.rtp_port = media.rtp_port_base + 2 * index
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((media.rtp_host, self.rtp_port))
+        sock.setblocking(False)
+        set_receive_buffer(sock, media.receive_buffer_bytes)
+        self.sock = sock
+        self.rtp = BatchSocket(sock, capacity=max(1024, 2 * media.max_legs_per_worker))
+        self.ring: RingWriter | None = None
+        self.engine = AudioEngine(
+            self.rtp,
+            capacity=media.max_legs_per_worker,
+            room_rate=media.room_rate,
+            events=self.emit,
+            frames=self._push_frame,
+        )
+        self.clock = TickClock(media.tick_budget)
+        self.running = True
+        self.started_ns = time.time_ns()
+
+    # ----------------------------------------------------------- the channel
+    def emit(self, event: dict[str, Any]) -> None:
+        kind = _BURST_RECORDS.get(event.get("event", ""))
+        if kind is not None and self.ring is not None:
+            room = self.engine.rooms.get(event["room"])
+            if room is not None and room.record:
+                info = BurstInfo(
+                    participant=event["participant"],
+                    alias=event.get("alias", ""),
+                    call_type=event.get("call_type", "normal"),
+                )
+                self.ring.push(kind, room.index, time.time_ns(), bytes(info))
+        event.setdefault("worker", self.index)
+        event.setdefault("t_ns", time.monotonic_ns())
+        self.channel.send({"kind": "event", **event})
+
+    def _push_frame(self, room_index: int, t_ns: int, frame: Any) -> None:
+        if self.ring is not None:
+            self.ring.push(RecordKind.FRAME, room_index, t_ns, frame)
+
+    def _set_record(self, room_id: str, record: bool) -> int:
+        """Switch a room's recording; the recorder opens or closes its file in order."""
+        room = self.engine.rooms[room_id]
+        was = room.record
+        self.engine.set_record(room_id, record)
+        if self.ring is not None and record != was:
+            if record:
+                self.ring.push(
+                    RecordKind.START, room.index, time.time_ns(), bytes(RecordingStart(room.name))
+                )
+            else:
+                self.ring.push(RecordKind.STOP, room.index, time.time_ns(), b"")
+        return room.index
+
+    def serve_commands(self) -> None:
+        for message in self.channel.receive_all():
+            self._command(message)
+        if self.channel.closed:
+            logger.info("worker %d: control channel closed, stopping", self.index)
+            self.running = False
+
+    def _command(self, message: Message) -> None:
+        op = message.get("op")
+        reply: dict[str, Any] = {"kind": "reply", "id": message.get("id")}
+        try:
+            handler = getattr(self, f"op_{op}", None)
+            if handler is None:
+                raise ValueError(f"unknown worker command: {op}")
+            reply["ok"] = True
+            reply["result"] = handler(message)
+        except (ValueError, KeyError, AdmissionError) as exc:
+            reply["ok"] = False
+            reply["error"] = str(exc).strip("'\"")
+            reply["error_type"] = type(exc).__name__
+        except Exception as exc:  # a bad command must never stop the rooms
+            logger.exception("worker %d: command %s failed", self.index, op)
+            reply["ok"] = False
+            reply["error"] = f"internal error: {exc}"
+            reply["error_type"] = "InternalError"
+        self.channel.send(reply)
+
+    # --------------------------------------------------------------- commands
+    def op_ping(self, message: Message) -> dict[str, Any]:
+        return {"pid": os.getpid()}
+
+    def op_stop(self, message: Message) -> None:
+        self.running = False
+
+    def op_recorder(self, message: Message) -> None:
+        self.ring = RingWriter.attach(message["ring"])
+
+    def op_hydrate(self, message: Message) -> dict[str, Any]:
+        """Recreate rooms and legs from the state store after a (re)start."""
+        legs = 0
+        for room in message["rooms"]:
+            self.engine.add_room(
+                room["id"], room["name"], RoomMode(room["mode"]), room.get("record", False)
+            )
+            for participant in room["participants"]:
+                self._add_leg(participant)
+                legs += 1
+        return {"rooms": len(message["rooms"]), "legs": legs}
+
+    def op_add_room(self, message: Message) -> dict[str, Any]:
+        room = self.engine.add_room(
+            message["room"],
+            message["name"],
+            RoomMode(message["mode"]),
+            message.get("record", False),
+        )
+        return {"index": room.index}
+
+    def op_remove_room(self, message: Message) -> None:
+        if message["room"] in self.engine.rooms:
+            self._set_record(message["room"], False)
+        self.engine.remove_room(message["room"])
+
+    def op_set_record(self, message: Message) -> dict[str, Any]:
+        return {"index": self._set_record(message["room"], message["record"])}
+
+    def op_join(self, message: Message) -> dict[str, Any]:
+        if self.clock.over_budget():
+            p99 = self.clock.p99_ns() / 1e6
+            raise AdmissionError(
+                f"worker {self.index} is at its tick budget: p99 tick work {p99:.1f} ms "
+                f"> {self.clock.budget_ns / 1e6:.1f} ms "
+                f"({self.config.media.tick_budget:.0%} of {FRAME_MS} ms)"
+            )
+        return self._add_leg(message["participant"])
+
+    def _add_leg(self, p: dict[str, Any]) -> dict[str, Any]:
+        remote = p.get("remote") or {"ip": "0.0.0.0", "port": 0}
+        leg = self.engine.add_leg(
+            LegSpec(
+                participant=p["id"],
+                room=p["room"],
+                codec=p["codec"],
+                clock_rate=p.get("clock_rate"),
+                payload_type=p["payload_type"],
+                dtmf_payload_type=p.get("dtmf_payload_type"),
+                remote_ip=remote["ip"],
+                remote_port=remote["port"],
+                ssrc=p.get("ssrc"),
+                gain=p.get("gain", 1.0),
+                muted=p.get("muted", False),
+            )
+        )
+        return {
+            "rtp": {"ip": self.config.media.rtp_host, "port": self.rtp_port},
+            "ssrc": leg.ssrc_out,
+            "slot": leg.slot,
+        }
+
+    def op_leave(self, message: Message) -> None:
+        self.engine.remove_leg(message["participant"])
+
+    def op_set_leg(self, message: Message) -> None:
+        self.engine.set_leg(
+            message["participant"], gain=message.get("gain"), muted=message.get("muted")
+        )
+
+    def op_set_holder(self, message: Message) -> None:
+        self.engine.set_holder(message["room"], message.get("participant"))
+
+    def op_leg_stats(self, message: Message) -> dict[str, Any]:
+        return self.engine.leg_stats(message["participant"])
+
+    def op_stats(self, message: Message) -> dict[str, Any]:
+        return self.stats()
+
+    def stats(self) -> dict[str, Any]:
+        transit = self.engine.last_transit_ns
+        return {
+            "index": self.index,
+            "pid": os.getpid(),
+            "rtp_port": self.rtp_port,
+            "backend": self.rtp.backend,
+            "tick": self.clock.summary(),
+            "rcvbuf_errors": rcvbuf_errors(),
+            "channel_dropped": self.channel.dropped,
+            "recorder_dropped": getattr(self.ring, "dropped", 0),
+            "cpu_s": time.process_time(),
+            "transit_last_ms": float(transit.max()) / 1e6 if len(transit) else None,
+            **self.engine.counters(),
+        }
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> None:
+        poller = select.epoll()
+        poller.register(self.channel.fileno(), select.EPOLLIN)
+        deadline = time.monotonic_ns() + TICK_NS
+        while self.running:
+            now = time.monotonic_ns()
+            if now < deadline:
+                if poller.poll((deadline - now) / 1e9):
+                    self.serve_commands()
+                self.channel.flush()
+                continue
+            start = time.monotonic_ns()
+            try:
+                times = self.engine.tick()
+            except Exception:  # one bad tick must not take the rooms down
+                logger.exception("worker %d: tick failed", self.index)
+                times = None
+            end = time.monotonic_ns()
+            deadline += TICK_NS
+            on_time = end <= deadline
+            if times is not None:
+                self.clock.record(
+                    end - start,
+                    (
+                        times.receive,
+                        times.parse,
+                        times.jitter,
+                        times.decode,
+                        times.mix,
+                        times.encode,
+                        times.send,
+                    ),
+                    on_time,
+                )
+            if end > deadline:
+                behind = (end - deadline) // TICK_NS
+                if behind:
+                    # Far behind: skip the ticks we cannot make up rather than burst.
+                    self.clock.missed += int(behind)
+                    deadline += behind * TICK_NS
+            if self.clock.count % STATS_EVERY_TICKS == 0:
+                self.channel.send({"kind": "stats", "worker": self.index, "stats": self.stats()})
+        poller.close()
+        self.sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bridge.worker")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--config", required=True, help="configuration as JSON")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format=f"%(asctime)s worker{args.index} %(levelname)s %(message)s"
+    )
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # serve stops us through the channel
+    config = parse_config(json.loads(args.config))
+    cpus = config.media.pin_cpus
+    if cpus:
+        os.sched_setaffinity(0, {cpus[args.index % len(cpus)]})
+    channel = WorkerEnd(socket.socket(fileno=args.fd))
+    worker = MediaWorker(config, args.index, channel)
+
+    def _terminate(signum: int, frame: object) -> None:
+        worker.running = False
+
+    signal.signal(signal.SIGTERM, _terminate)
+    channel.send(
+        {"kind": "ready", "worker": args.index, "pid": os.getpid(), "rtp_port": worker.rtp_port}
+    )
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

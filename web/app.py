@@ -1,0 +1,336 @@
+"""The control process's aiohttp app: REST for rooms, participants and recordings.
+
+It talks to the core (:class:`bridge.control.Control`) and never to a gateway's
+internals, and it never does media work. Every error is a JSON body
+``{"error": reason}`` with a 4xx status (5xx only for the server's own faults).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bridge.control import ConflictError, Control, NotFoundError, WorkerError
+from bridge.model import ParticipantKind, RoomMode, RtpEndpoint
+
+from .auth import AuthError, Identity, Role, TokenAuthority
+
+logger = logging.getLogger("bridge.web")
+
+CONTROL: web.AppKey[Control] = web.AppKey("control", Control)
+AUTHORITY: web.AppKey[TokenAuthority] = web.AppKey("authority", TokenAuthority)
+IDENTITY = "identity"
+#: Failed logins allowed per client address per minute.
+LOGIN_ATTEMPTS_PER_MINUTE = 10
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Method = Callable[[Any, web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, reason: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": reason, **extra}, status=status)
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RoomCreate(_Schema):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    mode: RoomMode = RoomMode.OPEN
+    record: bool = False
+
+
+class Endpoint(_Schema):
+    ip: str = Field(pattern=r"^\d{1,3}(\.\d{1,3}){3}$")
+    port: int = Field(ge=1, le=65535)
+
+
+class RtpJoin(_Schema):
+    """Join a plain-RTP participant, like Janus AudioBridge's ``rtp`` join."""
+
+    kind: ParticipantKind = ParticipantKind.RTP
+    name: str = Field(default="", max_length=64)
+    address: Endpoint
+    codec: str = "PCMU"
+    payload_type: int = Field(default=0, ge=0, le=127)
+    clock_rate: int | None = None
+    dtmf_payload_type: int | None = Field(default=None, ge=96, le=127)
+    ssrc: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+
+
+class ParticipantPatch(_Schema):
+    gain: float | None = Field(default=None, ge=0.0, le=8.0)
+    muted: bool | None = None
+
+
+class RecordingSwitch(_Schema):
+    recording: bool
+
+
+async def _body(request: web.Request, schema: type[_Schema]) -> Any:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text='{"error": "request body is not valid JSON"}', content_type="application/json"
+        ) from None
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise web.HTTPUnprocessableEntity(
+            text=web.json_response({"error": f"{where}: {first['msg']}"}).text,
+            content_type="application/json",
+        ) from None
+
+
+def require(*roles: Role) -> Callable[[Method], Method]:
+    """Only identities with one of ``roles`` (or admin) may call the handler method."""
+
+    def wrap(handler: Method) -> Method:
+        async def guarded(api: Any, request: web.Request) -> web.StreamResponse:
+            identity: Identity | None = request.get(IDENTITY)
+            if identity is None:
+                return json_error(401, "authentication required")
+            if not identity.has(*roles):
+                allowed = ", ".join(str(r) for r in roles)
+                return json_error(403, f"role {identity.role} may not do this (needs {allowed})")
+            return await handler(api, request)
+
+        guarded.__name__ = handler.__name__
+        return guarded
+
+    return wrap
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason)
+    except NotFoundError as exc:
+        return json_error(404, str(exc))
+    except ConflictError as exc:
+        return json_error(409, str(exc))
+    except WorkerError as exc:
+        status = 503 if exc.kind in ("AdmissionError", "Unavailable") else 400
+        return json_error(status, str(exc))
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else request.cookies.get("ucb_token")
+    if token:
+        try:
+            request[IDENTITY] = request.app[AUTHORITY].verify(token)
+        except AuthError as exc:
+            return json_error(401, str(exc))
+    return await handler(request)
+
+
+def _room_json(room: Any) -> dict[str, Any]:
+    return {
+        "id": room.id,
+        "name": room.name,
+        "mode": str(room.mode),
+        "rate": room.rate,
+        "record": room.record,
+        "worker": room.worker,
+        "participants": [
+            {
+                "id": p.id,
+                "kind": str(p.kind),
+                "name": p.name,
+                "codec": p.codec,
+                "payload_type": p.payload_type,
+                "gain": p.gain,
+                "muted": p.muted,
+            }
+            for p in room.participants.values()
+        ],
+    }
+
+
+class Api:
+    """Route handlers; one instance per app."""
+
+    def __init__(self) -> None:
+        self._login_failures: dict[str, list[float]] = {}
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response(request.app[CONTROL].health())
+
+    async def login(self, request: web.Request) -> web.Response:
+        """Redeem a one-time login code (demo mode) for a token; rate-limited per client."""
+        peer = request.remote or "?"
+        now = time.monotonic()
+        recent = [t for t in self._login_failures.get(peer, []) if now - t < 60]
+        self._login_failures[peer] = recent
+        if len(recent) >= LOGIN_ATTEMPTS_PER_MINUTE:
+            return json_error(429, "too many failed logins; try again in a minute")
+        code = request.query.get("code", "")
+        try:
+            identity, token = request.app[AUTHORITY].redeem(code)
+        except AuthError as exc:
+            recent.append(now)
+            return json_error(401, str(exc))
+        response = web.json_response(
+            {"user": identity.user, "role": str(identity.role), "token": token}
+        )
+        response.set_cookie("ucb_token", token, httponly=True, samesite="Strict")
+        return response
+
+    @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
+    async def list_rooms(self, request: web.Request) -> web.Response:
+        rooms = await request.app[CONTROL].list_rooms()
+        return web.json_response({"rooms": [_room_json(r) for r in rooms]})
+
+    @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
+    async def get_room(self, request: web.Request) -> web.Response:
+        room = await request.app[CONTROL].get_room(request.match_info["room"])
+        return web.json_response(_room_json(room))
+
+    @require(Role.DISPATCHER)
+    async def create_room(self, request: web.Request) -> web.Response:
+        body: RoomCreate = await _body(request, RoomCreate)
+        room = await request.app[CONTROL].create_room(body.name, body.mode, body.record)
+        return web.json_response(_room_json(room), status=201)
+
+    @require(Role.DISPATCHER)
+    async def delete_room(self, request: web.Request) -> web.Response:
+        await request.app[CONTROL].delete_room(request.match_info["room"])
+        return web.json_response({}, status=200)
+
+    @require(Role.DISPATCHER)
+    async def join(self, request: web.Request) -> web.Response:
+        body: RtpJoin = await _body(request, RtpJoin)
+        participant, media = await request.app[CONTROL].join_rtp(
+            request.match_info["room"],
+            remote=RtpEndpoint(body.address.ip, body.address.port),
+            codec=body.codec,
+            payload_type=body.payload_type,
+            clock_rate=body.clock_rate,
+            dtmf_payload_type=body.dtmf_payload_type,
+            ssrc=body.ssrc,
+            name=body.name,
+            kind=body.kind,
+        )
+        return web.json_response(
+            {
+                "id": participant.id,
+                "room": participant.room,
+                "rtp": media["rtp"],
+                "ssrc": media["ssrc"],
+            },
+            status=201,
+        )
+
+    @require(Role.DISPATCHER)
+    async def leave(self, request: web.Request) -> web.Response:
+        await request.app[CONTROL].leave(
+            request.match_info["room"], request.match_info["participant"]
+        )
+        return web.json_response({})
+
+    @require(Role.DISPATCHER)
+    async def patch_participant(self, request: web.Request) -> web.Response:
+        body: ParticipantPatch = await _body(request, ParticipantPatch)
+        participant = await request.app[CONTROL].update_participant(
+            request.match_info["room"],
+            request.match_info["participant"],
+            gain=body.gain,
+            muted=body.muted,
+        )
+        return web.json_response(
+            {"id": participant.id, "gain": participant.gain, "muted": participant.muted}
+        )
+
+    @require(Role.DISPATCHER, Role.OBSERVER)
+    async def participant_stats(self, request: web.Request) -> web.Response:
+        stats = await request.app[CONTROL].participant_stats(
+            request.match_info["room"], request.match_info["participant"]
+        )
+        return web.json_response(stats)
+
+    @require(Role.DISPATCHER)
+    async def set_recording(self, request: web.Request) -> web.Response:
+        body: RecordingSwitch = await _body(request, RecordingSwitch)
+        room = await request.app[CONTROL].set_recording(request.match_info["room"], body.recording)
+        return web.json_response({"room": room.id, "recording": room.record})
+
+    @require(Role.DISPATCHER)
+    async def list_recordings(self, request: web.Request) -> web.Response:
+        control = request.app[CONTROL]
+        items = control.recorder.list() if control.recorder is not None else []
+        return web.json_response({"recordings": items})
+
+    @require(Role.DISPATCHER)
+    async def download_recording(self, request: web.Request) -> web.StreamResponse:
+        control = request.app[CONTROL]
+        if control.recorder is None:
+            return json_error(404, "recording is disabled")
+        path: Path | None = control.recorder.path_of(
+            request.match_info["recording"], request.match_info.get("part", "audio")
+        )
+        if path is None:
+            return json_error(404, f"unknown recording: {request.match_info['recording']}")
+        return web.FileResponse(
+            path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'}
+        )
+
+    @require(Role.DISPATCHER, Role.OBSERVER)
+    async def events(self, request: web.Request) -> web.Response:
+        control = request.app[CONTROL]
+        try:
+            after = int(request.query.get("after", "0"))
+        except ValueError:
+            return json_error(400, "after must be an integer sequence number")
+        events = [e for e in control.events if e["seq"] > after]
+        return web.json_response({"epoch": control.epoch, "events": events})
+
+    @require(Role.DISPATCHER, Role.OBSERVER)
+    async def worker_stats(self, request: web.Request) -> web.Response:
+        control = request.app[CONTROL]
+        stats = []
+        for worker in control.workers:
+            try:
+                stats.append(await control.command(worker.index, "stats"))
+            except WorkerError as exc:
+                stats.append({"index": worker.index, "error": str(exc)})
+        return web.json_response({"workers": stats})
+
+
+def create_app(control: Control, authority: TokenAuthority) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware])
+    app[CONTROL] = control
+    app[AUTHORITY] = authority
+    api = Api()
+    app.router.add_get("/health", api.health)
+    app.router.add_get("/login", api.login)
+    app.router.add_get("/api/rooms", api.list_rooms)
+    app.router.add_post("/api/rooms", api.create_room)
+    app.router.add_get("/api/rooms/{room}", api.get_room)
+    app.router.add_delete("/api/rooms/{room}", api.delete_room)
+    app.router.add_post("/api/rooms/{room}/participants", api.join)
+    app.router.add_delete("/api/rooms/{room}/participants/{participant}", api.leave)
+    app.router.add_patch("/api/rooms/{room}/participants/{participant}", api.patch_participant)
+    app.router.add_get("/api/rooms/{room}/participants/{participant}/stats", api.participant_stats)
+    app.router.add_post("/api/rooms/{room}/recording", api.set_recording)
+    app.router.add_get("/api/recordings", api.list_recordings)
+    app.router.add_get("/api/recordings/{recording}", api.download_recording)
+    app.router.add_get("/api/recordings/{recording}/{part}", api.download_recording)
+    app.router.add_get("/api/events", api.events)
+    app.router.add_get("/api/workers", api.worker_stats)
+    return app
