@@ -27,6 +27,7 @@ from typing import Any
 from . import channel
 from .config import Config
 from .model import Participant, ParticipantKind, Room, RoomMode, RtpEndpoint, new_id
+from .recording import RecorderService
 from .state import MemoryStateStore, StateStore
 
 logger = logging.getLogger("bridge.control")
@@ -35,6 +36,8 @@ logger = logging.getLogger("bridge.control")
 COMMAND_TIMEOUT_S = 5.0
 #: How long a starting worker may take to say it is ready.
 START_TIMEOUT_S = 20.0
+#: How often the control process checks on the recorder.
+SUPERVISE_INTERVAL_S = 1.0
 #: Events kept for late readers (/api/events and tests).
 EVENT_HISTORY = 1000
 
@@ -90,24 +93,39 @@ class Control:
         self._ids = itertools.count(1)
         self._stopping = False
         self._restart_tasks: set[asyncio.Task[None]] = set()
-        self.recorder: Any = None
+        self.recorder: RecorderService | None = None
+        self._supervisor: asyncio.Task[None] | None = None
         self.epoch = new_id()
         self.sequence = 0
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         if self.recorder is None:
-            from .recording import RecorderService
-
             self.recorder = RecorderService(self.config)
             self.recorder.start(len(self.workers))
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
         for room_config in self.config.rooms:
             if await self.find_room(room_config.name) is None:
                 await self.create_room(room_config.name, room_config.mode, room_config.record)
 
+    async def _supervise(self) -> None:
+        """Restart a dead recorder; the workers then re-announce what they record."""
+        while not self._stopping:
+            await asyncio.sleep(SUPERVISE_INTERVAL_S)
+            if self.recorder is not None and self.recorder.supervise():
+                self.publish({"event": "recorder_restarted", "pid": self.recorder.health()["pid"]})
+                for worker in self.workers:
+                    if worker.state == "running":
+                        with contextlib.suppress(WorkerError):
+                            await self.command(
+                                worker.index, "recorder", ring=self.recorder.ring_name(worker.index)
+                            )
+
     async def stop(self) -> None:
         self._stopping = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         for task in list(self._restart_tasks):
             task.cancel()
         for worker in self.workers:

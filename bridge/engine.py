@@ -48,6 +48,8 @@ MAX_LATCH_ATTEMPTS = 64
 SILENCE_DBOV = -127.0
 #: Ticks a mix-row encoder may stay unused before it is freed.
 IDLE_STATE_TICKS = 250
+#: Transit samples kept for the p50/p99 figures.
+TRANSIT_WINDOW = 16384
 #: Samples of the widest 20 ms frame a leg decodes to (48 kHz).
 MAX_FRAME_SAMPLES = 960
 
@@ -220,7 +222,11 @@ class AudioEngine:
         self._send_payload = np.zeros((2 * capacity + 16, PAYLOAD_SIZE), dtype=np.uint8)
         self.ticks = 0
         self.times = TickTimes()
-        self.last_transit_ns: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
+        # Transit of the frames mixed: kernel receive timestamp -> return of sendmmsg, and
+        # the jitter-buffer depth each frame was held for, over the last TRANSIT_WINDOW.
+        self.transit_ns = np.zeros(TRANSIT_WINDOW, dtype=np.int64)
+        self.transit_depth_ns = np.zeros(TRANSIT_WINDOW, dtype=np.int64)
+        self.transit_count = 0
 
     # ------------------------------------------------------------------ rooms
     def add_room(self, room_id: str, name: str, mode: RoomMode, record: bool = False) -> RoomState:
@@ -445,8 +451,7 @@ class AudioEngine:
         if send is not None:
             self._send(*send)
             if len(sources):
-                arrival = playout.arrival_ns[np.searchsorted(slots, sources)]
-                self.last_transit_ns = time.time_ns() - arrival[arrival > 0]
+                self._note_transit(sources, playout.arrival_ns[np.searchsorted(slots, sources)])
         else:
             self.sent_last_tick[:] = False
         times.send = time.perf_counter_ns() - t6
@@ -617,6 +622,32 @@ class AudioEngine:
                 )
 
     # ----------------------------------------------------------------- decode
+    def _note_transit(
+        self, sources: npt.NDArray[np.intp], arrival: npt.NDArray[np.int64]
+    ) -> None:
+        known = arrival > 0
+        transit = time.time_ns() - arrival[known]
+        depth = self.jitter.depth_ms(sources[known]).astype(np.int64) * 1_000_000
+        at = (self.transit_count + np.arange(len(transit))) % TRANSIT_WINDOW
+        self.transit_ns[at] = transit
+        self.transit_depth_ns[at] = depth
+        self.transit_count += len(transit)
+
+    def transit_summary(self) -> dict[str, float | None]:
+        """p50/p99 transit in ms, with and without the jitter buffer's depth."""
+        n = min(self.transit_count, TRANSIT_WINDOW)
+        if not n:
+            return {"transit_p50_ms": None, "transit_p99_ms": None,
+                    "transit_excl_jb_p50_ms": None, "transit_excl_jb_p99_ms": None}
+        total = self.transit_ns[:n] / 1e6
+        excl = (self.transit_ns[:n] - self.transit_depth_ns[:n]) / 1e6
+        return {
+            "transit_p50_ms": float(np.percentile(total, 50)),
+            "transit_p99_ms": float(np.percentile(total, 99)),
+            "transit_excl_jb_p50_ms": float(np.percentile(excl, 50)),
+            "transit_excl_jb_p99_ms": float(np.percentile(excl, 99)),
+        }
+
     def _decode(
         self,
         slots: npt.NDArray[np.intp],

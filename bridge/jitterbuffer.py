@@ -103,7 +103,7 @@ _EXT_ORIGIN = 1 << 32
 _EMPTY = -1
 _NO_SEQUENCE = -1
 _NO_FRAME = np.iinfo(np.int64).max
-_UNCLAIMED = np.iinfo(np.int32).max
+_UNCLAIMED = np.iinfo(np.int64).max
 
 
 class PlayoutStatus(IntEnum):
@@ -178,8 +178,10 @@ class InsertResult:
 class Playout:
     """One frame per leg asked of :meth:`JitterArray.pop`, in the order asked.
 
-    ``payload[i, :length[i]]`` is the frame of a PLAYED leg; other rows have ``length`` 0 and a
-    zero payload.  ``arrival_ns[i]`` is when a played frame was received (0 otherwise).
+    ``payload[i, :length[i]]`` is the frame of a PLAYED leg; other rows have ``length`` 0, and
+    bytes past ``length[i]`` are unspecified.  ``payload`` is a view of a buffer that the next
+    :meth:`JitterArray.pop` reuses, as the receive batch of ``bridge.mmsg`` is.
+    ``arrival_ns[i]`` is when a played frame was received (0 otherwise).
     """
 
     payload: npt.NDArray[np.uint8]
@@ -256,6 +258,7 @@ class JitterArray:
             raise ValueError("slots must exceed max_depth_ms / frame_ms")
 
         self._capacity = capacity
+        self._frame_ms = frame_ms
         self._slots = slots
         self._payload_size = payload_size
         self._frame_ms = frame_ms
@@ -265,6 +268,8 @@ class JitterArray:
         # Per-leg state.
         self._state = np.zeros(capacity, dtype=np.uint8)
         self._clock_rate = np.ones(capacity, dtype=np.float64)
+        self._units_per_ns = np.zeros(capacity, dtype=np.float64)
+        self._ms_per_unit = np.zeros(capacity, dtype=np.float64)
         self._step = np.ones(capacity, dtype=np.uint32)
         self._synced = np.zeros(capacity, dtype=np.bool_)
         self._max_ext = np.zeros(capacity, dtype=np.int64)
@@ -272,16 +277,19 @@ class JitterArray:
         self._playout = np.zeros(capacity, dtype=np.int64)
         self._min_ext = np.full(capacity, _NO_FRAME, dtype=np.int64)
         self._buffered = np.zeros(capacity, dtype=np.bool_)
-        self._buffer_ticks = np.zeros(capacity, dtype=np.int32)
-        self._target = np.full(capacity, min_frames, dtype=np.int32)
-        self._target_age = np.zeros(capacity, dtype=np.int32)
-        self._since_drop = np.zeros(capacity, dtype=np.int32)
+        self._buffer_ticks = np.zeros(capacity, dtype=np.int64)
+        self._target = np.full(capacity, min_frames, dtype=np.int64)
+        # The depths the jitter asks for: grow up to ``_up``, shrink while over ``_down``.
+        self._up = np.full(capacity, min_frames, dtype=np.int64)
+        self._down = np.full(capacity, min_frames, dtype=np.int64)
+        self._target_age = np.zeros(capacity, dtype=np.int64)
+        self._since_drop = np.zeros(capacity, dtype=np.int64)
         self._pops = np.zeros(capacity, dtype=np.int64)
         self._fast = np.full(capacity, _NO_FRAME, dtype=np.int64)
-        self._fast_age = np.zeros(capacity, dtype=np.int32)
-        self._stall = np.zeros(capacity, dtype=np.int32)
-        self._lost_run = np.zeros(capacity, dtype=np.int32)
-        self._arrivals = np.zeros(capacity, dtype=np.int32)
+        self._fast_age = np.zeros(capacity, dtype=np.int64)
+        self._stall = np.zeros(capacity, dtype=np.int64)
+        self._lost_run = np.zeros(capacity, dtype=np.int64)
+        self._arrivals = np.zeros(capacity, dtype=np.int64)
         self._bad_seq = np.full(capacity, _NO_SEQUENCE, dtype=np.int32)
         self._shift = np.zeros(capacity, dtype=np.int64)
         # The first frame after a resync, whose predecessor belongs to the old stream.
@@ -298,8 +306,10 @@ class JitterArray:
         self._slot_ts = np.zeros((capacity, slots), dtype=np.uint32)
         self._slot_arrival = np.zeros((capacity, slots), dtype=np.int64)
         self._payload = np.zeros((capacity, slots, payload_size), dtype=np.uint8)
+        # Playout's payloads, reused by every pop.
+        self._out = np.zeros((capacity, payload_size), dtype=np.uint8)
         # Scratch for finding duplicates inside one batch; always left all-unclaimed.
-        self._claim = np.full((capacity, slots), _UNCLAIMED, dtype=np.int32)
+        self._claim = np.full(capacity * slots, _UNCLAIMED, dtype=np.int64)
 
     @property
     def capacity(self) -> int:
@@ -322,6 +332,8 @@ class JitterArray:
             raise ValueError("samples_per_frame does not last frame_ms")
         self._state[leg] = LegState.BUFFERING
         self._clock_rate[leg] = clock_rate
+        self._units_per_ns[leg] = clock_rate / NS_PER_SECOND
+        self._ms_per_unit[leg] = MS_PER_SECOND / clock_rate
         self._step[leg] = samples_per_frame
         self._synced[leg] = False
         self._max_ext[leg] = 0
@@ -330,6 +342,8 @@ class JitterArray:
         self._buffered[leg] = False
         self._buffer_ticks[leg] = 0
         self._target[leg] = self._min_frames
+        self._up[leg] = self._min_frames
+        self._down[leg] = self._min_frames
         self._target_age[leg] = 0
         self._since_drop[leg] = 0
         self._pops[leg] = 0
@@ -407,7 +421,13 @@ class JitterArray:
         known_idx = np.flatnonzero(known)
         if len(known_idx) == 0:
             return self._result(reason, 0, 0)
-        idx = known_idx[np.lexsort((arrival_ns[known_idx], leg[known_idx]))]
+        k_arrival, k_legs = arrival_ns[known_idx], leg[known_idx]
+        if (k_arrival[1:] >= k_arrival[:-1]).all():
+            # Already in arrival order, as a receive batch is: a stable (radix) sort by leg.
+            key = k_legs.astype(np.uint16) if self._capacity <= SEQ_MOD else k_legs
+            idx = known_idx[np.argsort(key, kind="stable")]
+        else:
+            idx = known_idx[np.lexsort((k_arrival, k_legs))]
         m = len(idx)
         legs = leg[idx]
         seq = sequence[idx].astype(np.int64)
@@ -415,13 +435,19 @@ class JitterArray:
         first = np.empty(m, dtype=np.bool_)
         first[0] = True
         np.not_equal(legs[1:], legs[:-1], out=first[1:])
-        group = np.cumsum(first) - 1
-        starts = np.flatnonzero(first)
+        # ``single``: no leg has two packets in this batch, the common case, which is cheaper.
+        single = bool(first.all())
+        if single:
+            group = starts = np.arange(m)
+            first_seq = seq
+        else:
+            group = np.cumsum(first) - 1
+            starts = np.flatnonzero(first)
+            first_seq = seq[starts][group]
 
         # Extended sequence numbers (RFC 3550 §A.1), relative to the highest one so far; a new
         # leg's are relative to its first packet.  ``ext - shift`` unwraps the sequence number.
         synced = self._synced[legs]
-        first_seq = seq[starts][group]
         self._shift[legs[~synced]] = _EXT_ORIGIN
         ref_ext = np.where(synced, self._max_ext[legs], _EXT_ORIGIN + first_seq)
         ref_seq = np.where(synced, ref_ext - self._shift[legs], first_seq)
@@ -449,28 +475,42 @@ class JitterArray:
 
         playout = self._playout[legs]
         slot = ext % self._slots
-        stored = self._slot_ext[legs, slot] == ext
+        flat = legs * self._slots + slot
+        stored = self._slot_ext.reshape(-1)[flat] == ext
         old = candidate & (ext < playout)
         rs[old] = np.where(stored[old], DropReason.DUPLICATE, DropReason.LATE)
         rs[candidate & ~old & stored] = DropReason.DUPLICATE
-        fresh = np.flatnonzero(candidate & ~old & ~stored)
-        if len(fresh):
+        ok = np.flatnonzero(candidate & ~old & ~stored)
+        if not single and len(ok):
             # Of several copies in this batch, the first to arrive wins.
-            claim = self._claim
-            f_legs, f_slot = legs[fresh], slot[fresh]
-            np.minimum.at(claim, (f_legs, f_slot), fresh.astype(np.int32))
-            winner = claim[f_legs, f_slot] == fresh
-            claim[f_legs, f_slot] = _UNCLAIMED
-            rs[fresh[~winner]] = DropReason.DUPLICATE
-            ok = fresh[winner]
-        else:
-            ok = fresh
+            claim, o_flat = self._claim, flat[ok]
+            np.minimum.at(claim, o_flat, ok.astype(np.int64))
+            winner = claim[o_flat] == ok
+            claim[o_flat] = _UNCLAIMED
+            rs[ok[~winner]] = DropReason.DUPLICATE
+            ok = ok[winner]
         mismatch = self._store(
-            ok, idx[ok], legs, ext, slot, data, row, offset, length, timestamp, arrival_ns, marker
+            ok,
+            idx[ok],
+            single,
+            legs,
+            ext,
+            slot,
+            data,
+            row,
+            offset,
+            length,
+            timestamp,
+            arrival_ns,
+            marker,
         )
-        self._estimate_jitter(legs, rs, rebased, probation, idx, timestamp, arrival_ns)
+        self._estimate_jitter(single, legs, rs, rebased, probation, idx, timestamp, arrival_ns)
 
-        np.add.at(self._counters, (legs, _REASON_TO_COUNTER[rs]), 1)
+        counter = legs * len(_Counter) + _REASON_TO_COUNTER[rs]
+        if single:
+            self._counters.reshape(-1)[counter] += 1
+        else:
+            np.add.at(self._counters.reshape(-1), counter, 1)
         reason[idx] = rs
         return self._result(reason, resyncs, mismatch)
 
@@ -497,12 +537,20 @@ class JitterArray:
         stall = np.where(start, 0, self._stall[legs])
         lost_run = np.where(start, 0, self._lost_run[legs])
 
-        # Which of the next ``slots`` frames are buffered, and how far is the first one.
-        ahead = playout[:, None] + np.arange(slots)
-        present = (self._slot_ext[legs[:, None], ahead % slots] == ahead) & playing[:, None]
-        any_present = present.any(axis=1)
-        lead = np.where(any_present, present.argmax(axis=1), slots)
         span = max_ext - playout + 1
+        ring = self._slot_ext.reshape(-1)
+        base = legs * slots
+        at_point = playing & (ring[base + playout % slots] == playout)
+        # Where the frame at the playout point is missing (rare), find the first one buffered.
+        any_present = at_point.copy()
+        lead = np.zeros(n, dtype=np.int64)
+        missing = np.flatnonzero(playing & ~at_point)
+        if len(missing):
+            ahead = playout[missing, None] + np.arange(slots)
+            present = ring[base[missing, None] + ahead % slots] == ahead
+            found = present.any(axis=1)
+            any_present[missing] = found
+            lead[missing] = np.where(found, present.argmax(axis=1), slots)
 
         # Frames missing at the playout point while the buffer stalled empty were concealed
         # already, one per stalled tick: skip them now that later frames are here.
@@ -511,10 +559,9 @@ class JitterArray:
         lead -= skip
         span -= skip
         stall[any_present] = 0
-        rows = np.arange(n)
-        following = (skip + 1 < slots) & present[rows, np.minimum(skip + 1, slots - 1)]
+        at_point = any_present & (lead == 0)
+        following = ring[base + (playout + 1) % slots] == playout + 1
 
-        at_point = playing & (lead == 0)
         capped = lost_run >= MAX_CONCEALED_FRAMES
         # The level: the span the buffer would have if the newest frame had come by the fastest
         # path seen.  Unlike the span, it does not move with each packet's delay.
@@ -557,22 +604,33 @@ class JitterArray:
         self._min_ext[legs[leaving]] = _NO_FRAME
         self._buffer_ticks[legs] = np.where(leaving, 0, buffer_ticks)
 
-        counters = self._counters
-        counters[legs[play], _Counter.PLAYED] += 1
-        counters[legs[gap | underrun], _Counter.LOST] += 1
-        counters[legs[hold], _Counter.HELD] += 1
-        counters[legs[drop], _Counter.DROPPED] += 1
+        # Legs are distinct, so one fancy increment counts each leg's outcome of this tick.
+        outcome = np.full(n, _Counter.PLAYED, dtype=np.intp)
+        outcome[gap | underrun] = _Counter.LOST
+        outcome[hold] = _Counter.HELD
+        counted = np.flatnonzero(play | concealed)
+        self._counters.reshape(-1)[legs[counted] * len(_Counter) + outcome[counted]] += 1
+        if drop.any():
+            self._counters[legs[drop], _Counter.DROPPED] += 1
 
-        payload = np.zeros((n, self._payload_size), dtype=np.uint8)
+        # The payloads go to a buffer that every pop reuses, as wide as the widest one played.
+        payload = self._out[:n]
         size = np.zeros(n, dtype=np.int32)
         arrival = np.zeros(n, dtype=np.int64)
         played = np.flatnonzero(play)
         if len(played):
-            p_legs, p_slot = legs[played], play_ext[played] % slots
-            payload[played] = self._payload[p_legs, p_slot]
-            size[played] = self._slot_len[p_legs, p_slot]
-            arrival[played] = self._slot_arrival[p_legs, p_slot]
+            flat = base[played] + play_ext[played] % slots
+            size[played] = self._slot_len.reshape(-1)[flat]
+            arrival[played] = self._slot_arrival.reshape(-1)[flat]
+            width = int(size.max())
+            frames = self._payload.reshape(-1, self._payload_size)
+            payload[played, :width] = frames[flat, :width]
         return Playout(payload=payload, length=size, status=status, arrival_ns=arrival)
+
+    def depth_ms(self, legs: npt.NDArray[np.intp]) -> npt.NDArray[np.int32]:
+        """The target playout depth of ``legs``, in milliseconds."""
+        depth: npt.NDArray[np.int32] = (self._target[legs] * self._frame_ms).astype(np.int32)
+        return depth
 
     def stats(self, leg: int) -> LegStats:
         """The counters and gauges of one leg."""
@@ -731,6 +789,7 @@ class JitterArray:
         self,
         ok: npt.NDArray[np.intp],
         packets: npt.NDArray[np.intp],
+        single: bool,
         legs: npt.NDArray[np.intp],
         ext: npt.NDArray[np.int64],
         slot: npt.NDArray[np.int64],
@@ -742,52 +801,74 @@ class JitterArray:
         arrival_ns: npt.NDArray[np.int64],
         marker: npt.NDArray[np.bool_] | None,
     ) -> int:
-        """Copy the accepted packets into their rings; return how many mismatch the ptime."""
+        """Copy the accepted packets into their rings; return how many mismatch the ptime.
+
+        ``single`` says that no leg has two packets in the batch, so that plain fancy
+        assignment can stand in for the slower ``ufunc.at``.
+        """
         if len(ok) == 0:
             return 0
-        o_legs, o_slot, o_ext = legs[ok], slot[ok], ext[ok]
+        o_legs, o_ext = legs[ok], ext[ok]
         o_len, o_off, o_ts = length[packets], offset[packets], timestamp[packets]
-        self._slot_ext[o_legs, o_slot] = o_ext
-        self._slot_len[o_legs, o_slot] = o_len
-        self._slot_ts[o_legs, o_slot] = o_ts
-        self._slot_arrival[o_legs, o_slot] = arrival_ns[packets]
+        flat = o_legs * self._slots + slot[ok]
+        self._slot_ext.reshape(-1)[flat] = o_ext
+        self._slot_len.reshape(-1)[flat] = o_len
+        self._slot_ts.reshape(-1)[flat] = o_ts
+        self._slot_arrival.reshape(-1)[flat] = arrival_ns[packets]
         # Gather the payloads by row, one block per distinct header length (usually one).
-        for off in np.unique(o_off).tolist():
-            same = o_off == off
+        frames = self._payload.reshape(-1, self._payload_size)
+        rows = row[packets]
+        first_off, last_off = int(o_off.min()), int(o_off.max())
+        offsets = [first_off] if first_off == last_off else np.unique(o_off).tolist()
+        for off in offsets:
+            same = slice(None) if first_off == last_off else o_off == off
             width = int(o_len[same].max())
             if width:
-                block = data[row[packets[same]], off : off + width]
-                self._payload[o_legs[same], o_slot[same], :width] = block
-        np.maximum.at(self._max_ext, o_legs, o_ext)
-        waiting = self._state[o_legs] == LegState.BUFFERING
-        np.minimum.at(self._min_ext, o_legs[waiting], o_ext[waiting])
-        self._buffered[o_legs[waiting]] = True
-        np.add.at(self._arrivals, o_legs, 1)
+                frames[flat[same], :width] = data[rows[same], off : off + width]
+
         # The fastest path: the least of (tick of arrival - frame number) over the packets.
-        fastest = np.full(self._capacity, _NO_FRAME, dtype=np.int64)
-        np.minimum.at(fastest, o_legs, self._pops[o_legs] - o_ext)
-        hit = np.flatnonzero(fastest <= self._fast)
-        self._fast[hit] = fastest[hit]
-        self._fast_age[hit] = 0
+        fastest = self._pops[o_legs] - o_ext
+        waiting = self._state[o_legs] == LegState.BUFFERING
+        if single:
+            self._max_ext[o_legs] = np.maximum(self._max_ext[o_legs], o_ext)
+            w_legs = o_legs[waiting]
+            self._min_ext[w_legs] = np.minimum(self._min_ext[w_legs], o_ext[waiting])
+            self._arrivals[o_legs] += 1
+            hit = fastest <= self._fast[o_legs]
+            self._fast[o_legs[hit]] = fastest[hit]
+            self._fast_age[o_legs[hit]] = 0
+        else:
+            np.maximum.at(self._max_ext, o_legs, o_ext)
+            np.minimum.at(self._min_ext, o_legs[waiting], o_ext[waiting])
+            self._arrivals += np.bincount(o_legs, minlength=self._capacity)
+            least = np.full(self._capacity, _NO_FRAME, dtype=np.int64)
+            np.minimum.at(least, o_legs, fastest)
+            hit_legs = np.flatnonzero(least <= self._fast)
+            self._fast[hit_legs] = least[hit_legs]
+            self._fast_age[hit_legs] = 0
+        self._buffered[o_legs[waiting]] = True
 
         # One packet, one frame: the timestamp steps by one frame per sequence number, or by
         # whole frames across a silence gap, which a marker bit starts (RFC 3551 §4.1).
         prev = o_ext - 1
-        p_slot = prev % self._slots
-        follows = self._slot_ext[o_legs, p_slot] == prev
-        step = o_ts - self._slot_ts[o_legs, p_slot]
+        p_flat = o_legs * self._slots + prev % self._slots
+        follows = self._slot_ext.reshape(-1)[p_flat] == prev
+        step = o_ts - self._slot_ts.reshape(-1)[p_flat]
         frame = self._step[o_legs]
-        wrong = (step != frame) & ((step % frame != 0) | (step == 0))
+        odd = step != frame
+        wrong = odd & ((step % frame != 0) | (step == 0))
         if marker is not None:
-            wrong |= (step != frame) & ~marker[packets]
+            wrong |= odd & ~marker[packets]
         wrong &= follows & (o_ext != self._seam[o_legs])
         if not wrong.any():
             return 0
-        np.add.at(self._counters, (o_legs[wrong], _Counter.PTIME_MISMATCH), 1)
+        counters = self._counters.reshape(-1)
+        np.add.at(counters, o_legs[wrong] * len(_Counter) + _Counter.PTIME_MISMATCH, 1)
         return int(np.count_nonzero(wrong))
 
     def _estimate_jitter(
         self,
+        single: bool,
         legs: npt.NDArray[np.intp],
         rs: npt.NDArray[np.uint8],
         rebased: npt.NDArray[np.bool_],
@@ -804,66 +885,86 @@ class JitterArray:
         probation, nor late ones in a batch that resynchronised their leg; a leg's first packet
         (and the first after a resync) only sets the reference.
         """
-        late = (rs == DropReason.LATE) & ~rebased[legs] & ~probation
-        used = (rs == DropReason.OK) | late
+        used = rs == DropReason.OK
+        late = rs == DropReason.LATE
+        if late.any():
+            used |= late & ~rebased[legs] & ~probation
         j = np.flatnonzero(used)
         if len(j) == 0:
             return
         j_legs = legs[j]
         arr = arrival_ns[idx[j]]
         ts = timestamp[idx[j]]
-        first = np.empty(len(j), dtype=np.bool_)
-        first[0] = True
-        np.not_equal(j_legs[1:], j_legs[:-1], out=first[1:])
-        last = np.empty(len(j), dtype=np.bool_)
-        last[-1] = True
-        last[:-1] = first[1:]
-
-        prev_arr = np.empty_like(arr)
-        prev_arr[1:] = arr[:-1]
-        prev_arr[first] = self._last_arrival[j_legs[first]]
-        prev_ts = np.empty_like(ts)
-        prev_ts[1:] = ts[:-1]
-        prev_ts[first] = self._last_ts[j_legs[first]]
+        if single:
+            first = last = np.ones(len(j), dtype=np.bool_)
+            prev_arr = self._last_arrival[j_legs]
+            prev_ts = self._last_ts[j_legs]
+        else:
+            first = np.empty(len(j), dtype=np.bool_)
+            first[0] = True
+            np.not_equal(j_legs[1:], j_legs[:-1], out=first[1:])
+            last = np.empty(len(j), dtype=np.bool_)
+            last[-1] = True
+            last[:-1] = first[1:]
+            prev_arr = np.empty_like(arr)
+            prev_arr[1:] = arr[:-1]
+            prev_arr[first] = self._last_arrival[j_legs[first]]
+            prev_ts = np.empty_like(ts)
+            prev_ts[1:] = ts[:-1]
+            prev_ts[first] = self._last_ts[j_legs[first]]
         has_prev = ~first | self._has_transit[j_legs]
 
         # D = (R_j - R_i) - (S_j - S_i), in timestamp units; S wraps at 32 bits.
-        rate = self._clock_rate[j_legs]
-        ts_step = (ts - prev_ts).astype(np.int64)
-        ts_step = np.where(ts_step >= _TIMESTAMP_MOD // 2, ts_step - _TIMESTAMP_MOD, ts_step)
-        d = (arr - prev_arr) * rate / NS_PER_SECOND - ts_step
-        contrib = has_prev.astype(np.float64)
-
-        group = np.cumsum(first) - 1
-        n_groups = int(group[-1]) + 1
-        count = np.bincount(group, weights=contrib, minlength=n_groups)
-        rank = np.cumsum(contrib)
-        rank -= (rank - contrib)[first][group]
+        ts_step = (ts - prev_ts).view(np.int32)
+        d = np.abs((arr - prev_arr) * self._units_per_ns[j_legs] - ts_step)
         decay = 1.0 - 1.0 / JITTER_DIVISOR
-        weight = decay ** (count[group] - rank) / JITTER_DIVISOR * contrib
-        added = np.bincount(group, weights=weight * np.abs(d), minlength=n_groups)
-        g_legs = j_legs[first]
-        self._jitter[g_legs] = self._jitter[g_legs] * decay**count + added
+        if single:
+            g_legs = j_legs
+            jitter = self._jitter[g_legs]
+            self._jitter[g_legs] = np.where(
+                has_prev, jitter + (d - jitter) / JITTER_DIVISOR, jitter
+            )
+        else:
+            contrib = has_prev.astype(np.float64)
+            group = np.cumsum(first) - 1
+            n_groups = int(group[-1]) + 1
+            count = np.bincount(group, weights=contrib, minlength=n_groups)
+            rank = np.cumsum(contrib)
+            rank -= (rank - contrib)[first][group]
+            weight = decay ** (count[group] - rank) / JITTER_DIVISOR * contrib
+            added = np.bincount(group, weights=weight * d, minlength=n_groups)
+            g_legs = j_legs[first]
+            self._jitter[g_legs] = self._jitter[g_legs] * decay**count + added
         self._last_arrival[j_legs[last]] = arr[last]
         self._last_ts[j_legs[last]] = ts[last]
         self._has_transit[g_legs] = True
+        self._want_depth(g_legs)
 
-    def _update_target(self, legs: npt.NDArray[np.intp]) -> npt.NDArray[np.int32]:
-        """Move each leg's target depth towards what its jitter asks: up at once, down slowly.
+    def _want_depth(self, legs: npt.NDArray[np.intp]) -> None:
+        """The depth each leg's jitter asks for: to grow to, and to shrink below.
 
-        The target is one frame plus enough frames to cover ``JITTER_MULTIPLIER * J`` beyond
-        ``JITTER_FLOOR_MS``.  It falls by one frame once the jitter has fitted in one frame
-        fewer, with ``SHRINK_MARGIN_FRAMES`` to spare, for ``TARGET_SHRINK_TICKS`` ticks.
+        One frame, plus enough frames to cover ``JITTER_MULTIPLIER * J`` beyond
+        ``JITTER_FLOOR_MS``; the target shrinks only below the depth that covers it with
+        ``SHRINK_MARGIN_FRAMES`` to spare (or to one frame when the jitter is negligible).
         """
-        jitter_ms = self._jitter[legs] * MS_PER_SECOND / self._clock_rate[legs]
+        jitter_ms = self._jitter[legs] * self._ms_per_unit[legs]
         margin_ms = np.maximum(JITTER_MULTIPLIER * jitter_ms - JITTER_FLOOR_MS, 0.0)
         extra = margin_ms / self._frame_ms
         up = np.clip(1 + np.ceil(extra), self._min_frames, self._max_frames)
         down = np.where(extra > 0, 1 + np.ceil(extra + SHRINK_MARGIN_FRAMES), 1)
+        self._up[legs] = up
+        self._down[legs] = down
+
+    def _update_target(self, legs: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+        """Move each leg's target depth towards what its jitter asks: up at once, down slowly.
+
+        It falls by one frame once the jitter has fitted in one frame fewer, with
+        ``SHRINK_MARGIN_FRAMES`` to spare, for ``TARGET_SHRINK_TICKS`` ticks in a row.
+        """
         target = self._target[legs]
-        age = np.where(down < target, self._target_age[legs] + 1, 0)
+        age = np.where(self._down[legs] < target, self._target_age[legs] + 1, 0)
         shrink = age >= TARGET_SHRINK_TICKS
-        target = np.where(up > target, up, target - shrink).astype(np.int32)
+        target = np.where(self._up[legs] > target, self._up[legs], target - shrink)
         age[shrink] = 0
         self._target[legs] = target
         self._target_age[legs] = age

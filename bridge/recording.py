@@ -43,14 +43,19 @@ class RecorderService:
         )
         self.process.start()
 
-    def supervise(self) -> None:
-        """Start the recorder again if it died; the rings kept what the workers pushed."""
-        if self.process is not None and not self.process.is_alive():
-            logger.error(
-                "recorder process died (exit %s); restarting", self.process.health()["exitcode"]
-            )
-            self.restarts += 1
-            self.process.start()
+    def supervise(self) -> bool:
+        """Start the recorder again if it died; True if it was restarted.
+
+        The rings outlive the process, so what the workers pushed meanwhile is kept.
+        """
+        if self.process is None or self.process.is_alive():
+            return False
+        logger.error(
+            "recorder process died (exit %s); restarting", self.process.health()["exitcode"]
+        )
+        self.restarts += 1
+        self.process.start()
+        return True
 
     def stop(self) -> None:
         if self.process is not None:

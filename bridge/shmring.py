@@ -55,6 +55,7 @@ __all__ = [
     "RingReader",
     "RingWriter",
     "SharedRing",
+    "ring_size",
 ]
 
 #: Records a ring holds by default: 4096 records of 20 ms are 80 room-seconds of audio.

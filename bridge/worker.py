@@ -187,27 +187,28 @@ class MediaWorker:
         self.running = False
 
     def op_recorder(self, message: Message) -> None:
+        """Attach to the recorder's ring; tell a (re)started recorder what is recording."""
         self.ring = RingWriter.attach(message["ring"])
+        for room in self.engine.rooms.values():
+            if room.record:
+                self.ring.push(
+                    RecordKind.START, room.index, time.time_ns(), bytes(RecordingStart(room.name))
+                )
 
     def op_hydrate(self, message: Message) -> dict[str, Any]:
         """Recreate rooms and legs from the state store after a (re)start."""
         legs = 0
         for room in message["rooms"]:
-            self.engine.add_room(
-                room["id"], room["name"], RoomMode(room["mode"]), room.get("record", False)
-            )
+            self.engine.add_room(room["id"], room["name"], RoomMode(room["mode"]))
+            self._set_record(room["id"], room.get("record", False))
             for participant in room["participants"]:
                 self._add_leg(participant)
                 legs += 1
         return {"rooms": len(message["rooms"]), "legs": legs}
 
     def op_add_room(self, message: Message) -> dict[str, Any]:
-        room = self.engine.add_room(
-            message["room"],
-            message["name"],
-            RoomMode(message["mode"]),
-            message.get("record", False),
-        )
+        room = self.engine.add_room(message["room"], message["name"], RoomMode(message["mode"]))
+        self._set_record(room.id, message.get("record", False))
         return {"index": room.index}
 
     def op_remove_room(self, message: Message) -> None:
@@ -269,7 +270,6 @@ class MediaWorker:
         return self.stats()
 
     def stats(self) -> dict[str, Any]:
-        transit = self.engine.last_transit_ns
         return {
             "index": self.index,
             "pid": os.getpid(),
@@ -280,8 +280,7 @@ class MediaWorker:
             "channel_dropped": self.channel.dropped,
             "recorder_dropped": getattr(self.ring, "dropped", 0),
             "cpu_s": time.process_time(),
-            "transit_last_ms": float(transit.max()) / 1e6 if len(transit) else None,
-            **self.engine.counters(),
+            **self.engine.transit_summary(),
         }
 
     # ------------------------------------------------------------------ loop

@@ -12,7 +12,7 @@ too. Because its state is only the last few input samples, one
 shares a rate pair in one matrix product, which is the batch-first shape the
 worker wants.
 
-The filter is a Kaiser-windowed sinc (scipy.signal.kaiserord and firwin) cut
+The filter is a Kaiser-windowed sinc (:func:`kaiser_order`, :func:`kaiser_lowpass`) cut
 at the Nyquist frequency of the lower rate, with a transition band of
 ±15 % around it and 60 dB of stop-band attenuation: 8 kHz telephony keeps its
 band up to 3.4 kHz, and its image at 4.6 kHz after upsampling (or its alias
@@ -46,7 +46,6 @@ from functools import cache
 
 import numpy as np
 import numpy.typing as npt
-from scipy import signal
 
 STOPBAND_ATTENUATION_DB = 60.0
 TRANSITION_FRACTION = 0.15
@@ -103,6 +102,30 @@ class PolyphaseFilter:
 
 
 @cache
+def kaiser_order(attenuation_db: float, width: float) -> tuple[int, float]:
+    """Taps and Kaiser beta for a stop band of ``attenuation_db`` and a transition band of
+    ``width`` (a fraction of the Nyquist rate): Kaiser's empirical formulas, as in
+    Oppenheim & Schafer, *Discrete-Time Signal Processing*, eqs. 7.62-7.63.
+    """
+    a = attenuation_db
+    if a > 50:
+        beta = 0.1102 * (a - 8.7)
+    elif a >= 21:
+        beta = 0.5842 * (a - 21) ** 0.4 + 0.07886 * (a - 21)
+    else:
+        beta = 0.0
+    count = math.ceil((a - 7.95) / (2.285 * math.pi * width) + 1)
+    return count, beta
+
+
+def kaiser_lowpass(count: int, cutoff: float, beta: float) -> npt.NDArray[np.float64]:
+    """A ``count``-tap Kaiser-windowed sinc low-pass with unit DC gain; ``cutoff`` is a
+    fraction of the Nyquist rate."""
+    n = np.arange(count) - (count - 1) / 2
+    taps = cutoff * np.sinc(cutoff * n) * np.kaiser(count, beta)
+    return taps / taps.sum()
+
+
 def design_filter(in_rate: int, out_rate: int) -> PolyphaseFilter:
     """Design (once per rate pair) the polyphase filter converting ``in_rate`` to ``out_rate``."""
     if in_rate <= 0 or out_rate <= 0:
@@ -114,11 +137,11 @@ def design_filter(in_rate: int, out_rate: int) -> PolyphaseFilter:
         return PolyphaseFilter(in_rate, 1, 1, unit, unit.reshape(1, 1).astype(np.float32))
     fast_rate = in_rate * up
     nyquist = min(in_rate, out_rate) / 2
-    count, beta = signal.kaiserord(
+    count, beta = kaiser_order(
         STOPBAND_ATTENUATION_DB, 2 * TRANSITION_FRACTION * nyquist / (fast_rate / 2)
     )
     count |= 1
-    taps = signal.firwin(count, nyquist, window=("kaiser", beta), fs=fast_rate) * up
+    taps = kaiser_lowpass(count, nyquist / (fast_rate / 2), beta) * up
 
     # Output p of a block whose first input is sample b*down depends on inputs
     # b*down + q for q in [first, last], through taps[p*down - q*up].
