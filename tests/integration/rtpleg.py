@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
 from bridge.codecs.g711 import ulaw_decode, ulaw_encode
 
 RATE = 8000

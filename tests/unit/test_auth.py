@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bridge.web.auth import AuthError, Identity, Role, TokenAuthority
 
 SECRET = "k" * 40

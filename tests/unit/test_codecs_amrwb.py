@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from av.audio.codeccontext import AudioCodecContext
+
 from bridge.codecs.amrwb import (
     FRAME_BITS,
     AmrWbDecoder,

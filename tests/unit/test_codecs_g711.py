@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from av.audio.codeccontext import AudioCodecContext
+
 from bridge.codecs import g711
 from bridge.codecs.base import Decoder, Encoder
 from bridge.codecs.plc import FADE_FRAMES

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 import pytest
+from scipy import signal
+
 from bridge.codecs import get_codec, get_decoder, get_encoder
 from bridge.codecs.base import Decoder
 from bridge.codecs.g722 import G722Decoder
 from bridge.codecs.opus import OpusDecoder, OpusEncoder, concealment_toc
-from scipy import signal
 
 FRAMES = 50
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+
 from bridge.codecs.plc import FADE_FRAMES, FadeConcealer, fade_out
 
 

@@ -6,13 +6,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soxr
+from scipy import signal
+
 from bridge.codecs.resample import (
     ResamplerBank,
     StreamResampler,
     design_filter,
     plan_blocks,
 )
-from scipy import signal
 
 PAIRS = [(8000, 16000), (16000, 8000), (48000, 16000), (16000, 48000)]
 FRAMES = 200
