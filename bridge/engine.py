@@ -187,6 +187,7 @@ class AudioEngine:
         self.latched = np.zeros(capacity, dtype=np.bool_)
         self.ssrc_in = np.zeros(capacity, dtype=np.uint32)
         self.ssrc_known = np.zeros(capacity, dtype=np.bool_)
+        self.last_sequence = np.zeros(capacity, dtype=np.uint16)
         self.ssrc_out = np.zeros(capacity, dtype=np.uint32)
         self.seq_out = np.zeros(capacity, dtype=np.uint16)
         self.ts_out = np.zeros(capacity, dtype=np.uint32)
@@ -505,6 +506,7 @@ class AudioEngine:
         rows = np.flatnonzero(matched)[audio]
         a_slot = m_slot[audio]
         self._check_ssrc(a_slot, cols.ssrc[rows])
+        self.last_sequence[a_slot] = cols.sequence[rows]
         level = cols.audio_level[rows]
         has_level = level >= 0
         self.header_level[a_slot[has_level]] = level[has_level]
@@ -622,9 +624,7 @@ class AudioEngine:
                 )
 
     # ----------------------------------------------------------------- decode
-    def _note_transit(
-        self, sources: npt.NDArray[np.intp], arrival: npt.NDArray[np.int64]
-    ) -> None:
+    def _note_transit(self, sources: npt.NDArray[np.intp], arrival: npt.NDArray[np.int64]) -> None:
         known = arrival > 0
         transit = time.time_ns() - arrival[known]
         depth = self.jitter.depth_ms(sources[known]).astype(np.int64) * 1_000_000
@@ -637,8 +637,12 @@ class AudioEngine:
         """p50/p99 transit in ms, with and without the jitter buffer's depth."""
         n = min(self.transit_count, TRANSIT_WINDOW)
         if not n:
-            return {"transit_p50_ms": None, "transit_p99_ms": None,
-                    "transit_excl_jb_p50_ms": None, "transit_excl_jb_p99_ms": None}
+            return {
+                "transit_p50_ms": None,
+                "transit_p99_ms": None,
+                "transit_excl_jb_p50_ms": None,
+                "transit_excl_jb_p99_ms": None,
+            }
         total = self.transit_ns[:n] / 1e6
         excl = (self.transit_ns[:n] - self.transit_depth_ns[:n]) / 1e6
         return {

@@ -30,6 +30,7 @@ from .engine import AdmissionError, AudioEngine, LegSpec
 from .mmsg import BatchSocket, rcvbuf_errors, set_receive_buffer
 from .model import RoomMode
 from .recorder import BurstInfo, RecordingStart, RecordKind
+from .rtcpsession import LegCounters, RtcpSession
 from .shmring import RingWriter
 
 logger = logging.getLogger("bridge.worker")
@@ -37,6 +38,8 @@ logger = logging.getLogger("bridge.worker")
 TICK_NS = FRAME_MS * 1_000_000
 #: How many recent ticks the p50/p99 figures cover (10 s).
 WINDOW_TICKS = 500
+#: How often the worker looks for RTCP reports that are due (every 200 ms).
+RTCP_EVERY_TICKS = 10
 #: How often the worker reports its load to the control process.
 STATS_EVERY_TICKS = 50
 #: Stages reported per tick, in order.
@@ -107,6 +110,12 @@ class MediaWorker:
         self.sock = sock
         self.rtp = BatchSocket(sock, capacity=max(1024, 2 * media.max_legs_per_worker))
         self.ring: RingWriter | None = None
+        rtcp_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtcp_sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        rtcp_sock.bind((media.rtp_host, self.rtp_port + 1))
+        self.rtcp = RtcpSession(
+            rtcp_sock, cname=f"ucbridge-{os.getpid()}@{media.rtp_host}", events=self.emit
+        )
         self.engine = AudioEngine(
             self.rtp,
             capacity=media.max_legs_per_worker,
@@ -244,16 +253,37 @@ class MediaWorker:
                 ssrc=p.get("ssrc"),
                 gain=p.get("gain", 1.0),
                 muted=p.get("muted", False),
+                alias=p.get("name", ""),
             )
         )
+        self.rtcp.add(p["id"], remote["ip"], remote["port"], leg.ssrc_out)
         return {
             "rtp": {"ip": self.config.media.rtp_host, "port": self.rtp_port},
+            "rtcp": {"ip": self.config.media.rtp_host, "port": self.rtp_port + 1},
             "ssrc": leg.ssrc_out,
             "slot": leg.slot,
         }
 
+    def _rtcp_counters(self, participant: str) -> LegCounters:
+        engine = self.engine
+        leg = engine.legs[participant]
+        slot = leg.slot
+        jitter = engine.jitter.stats(slot)
+        sent = int(engine.sent[slot])
+        return LegCounters(
+            rtp_timestamp=int(engine.ts_out[slot]),
+            packets_sent=sent,
+            octets_sent=sent * leg.codec.frame_bytes,
+            remote_ssrc=int(engine.ssrc_in[slot]) if engine.ssrc_known[slot] else None,
+            received=jitter.received,
+            lost=jitter.lost,
+            highest_sequence=int(engine.last_sequence[slot]),
+            jitter=int(jitter.jitter_ms * leg.codec.clock_rate / 1000),
+        )
+
     def op_leave(self, message: Message) -> None:
         self.engine.remove_leg(message["participant"])
+        self.rtcp.remove(message["participant"])
 
     def op_set_leg(self, message: Message) -> None:
         self.engine.set_leg(
@@ -264,7 +294,9 @@ class MediaWorker:
         self.engine.set_holder(message["room"], message.get("participant"))
 
     def op_leg_stats(self, message: Message) -> dict[str, Any]:
-        return self.engine.leg_stats(message["participant"])
+        stats = self.engine.leg_stats(message["participant"])
+        stats["rtcp"] = self.rtcp.stats(message["participant"])
+        return stats
 
     def op_stats(self, message: Message) -> dict[str, Any]:
         return self.stats()
@@ -287,12 +319,16 @@ class MediaWorker:
     def run(self) -> None:
         poller = select.epoll()
         poller.register(self.channel.fileno(), select.EPOLLIN)
+        poller.register(self.rtcp.fileno(), select.EPOLLIN)
         deadline = time.monotonic_ns() + TICK_NS
         while self.running:
             now = time.monotonic_ns()
             if now < deadline:
-                if poller.poll((deadline - now) / 1e9):
-                    self.serve_commands()
+                for fd, _ in poller.poll((deadline - now) / 1e9):
+                    if fd == self.rtcp.fileno():
+                        self.rtcp.receive()
+                    else:
+                        self.serve_commands()
                 self.channel.flush()
                 continue
             start = time.monotonic_ns()
@@ -324,10 +360,13 @@ class MediaWorker:
                     # Far behind: skip the ticks we cannot make up rather than burst.
                     self.clock.missed += int(behind)
                     deadline += behind * TICK_NS
+            if self.clock.count % RTCP_EVERY_TICKS == 0:
+                self.rtcp.report(time.monotonic(), self._rtcp_counters)
             if self.clock.count % STATS_EVERY_TICKS == 0:
                 self.channel.send({"kind": "stats", "worker": self.index, "stats": self.stats()})
         poller.close()
         self.sock.close()
+        self.rtcp.sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:
