@@ -386,6 +386,7 @@ class Control:
         clock_rate: int | None = None,
         dtmf_payload_type: int | None = None,
         ssrc: int | None = None,
+        latch: bool = False,
         name: str = "",
         kind: ParticipantKind = ParticipantKind.RTP,
     ) -> tuple[Participant, dict[str, Any]]:
@@ -401,6 +402,7 @@ class Control:
             dtmf_payload_type=dtmf_payload_type,
             remote=remote,
             ssrc=ssrc,
+            latch=latch,
             worker=room.worker,
         )
         result = await self._running_command(room.worker, "join", participant=participant.to_dict())

@@ -77,6 +77,7 @@ class LegSpec:
     gain: float = 1.0
     muted: bool = False
     alias: str = ""
+    latch: bool = False
 
 
 @dataclass
@@ -185,6 +186,7 @@ class AudioEngine:
         self.remote_ip = np.zeros(capacity, dtype=np.uint32)
         self.remote_port = np.zeros(capacity, dtype=np.uint16)
         self.latched = np.zeros(capacity, dtype=np.bool_)
+        self.may_latch = np.zeros(capacity, dtype=np.bool_)
         self.ssrc_in = np.zeros(capacity, dtype=np.uint32)
         self.ssrc_known = np.zeros(capacity, dtype=np.bool_)
         self.last_sequence = np.zeros(capacity, dtype=np.uint16)
@@ -302,6 +304,7 @@ class AudioEngine:
         self.remote_ip[slot] = remote_ip
         self.remote_port[slot] = spec.remote_port
         self.latched[slot] = False
+        self.may_latch[slot] = spec.latch
         self.ssrc_in[slot] = spec.ssrc or 0
         self.ssrc_known[slot] = spec.ssrc is not None
         self.ssrc_out[slot] = leg.ssrc_out
@@ -337,6 +340,7 @@ class AudioEngine:
         slot = leg.slot
         self._slot_leg[slot] = None
         self.active[slot] = False
+        self.may_latch[slot] = False
         self.room_of[slot] = -1
         self.jitter.close(slot)
         self.mixer.detector.reset(slot)
@@ -543,17 +547,19 @@ class AudioEngine:
     ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_]]:
         """Symmetric RTP: attach an unknown source to the leg it must belong to.
 
-        A leg is re-pointed to a new source address when it has not been latched yet and
-        its declared IP address is the source's (the port differs, as behind a NAT), or
-        when it was latched and the source carries the leg's SSRC from the same address.
-        Only a bounded number of unknown sources is examined per tick.
+        Only legs that joined with ``latch`` (phones behind a NAT, whose port is not the
+        one they declared) are re-pointed: to a new source address from their declared IP
+        when they have not been latched yet and they are the only such leg, or when the
+        source carries the leg's known SSRC. Without ``latch`` a leg takes packets from its
+        declared address alone, as Janus does, so another sender on the same host cannot
+        take it over. Only a bounded number of unknown sources is examined per tick.
         """
         changed = False
         rows = np.flatnonzero(unknown)
         _, first = np.unique(key[rows], return_index=True)
         for row in rows[first][:MAX_LATCH_ATTEMPTS]:
             src_ip = batch.src_ip[row]
-            candidates = np.flatnonzero(self.active & (self.remote_ip == src_ip))
+            candidates = np.flatnonzero(self.may_latch & (self.remote_ip == src_ip))
             known = candidates[
                 self.ssrc_known[candidates] & (self.ssrc_in[candidates] == ssrc[row])
             ]

@@ -20,11 +20,12 @@ does not start a talk spurt) counts too, which catches a ``ptime`` of 40 ms.
 relative to the highest one received.  A packet behind the playout point is dropped as
 :attr:`~bridge.rtpcolumns.DropReason.LATE`, or as
 :attr:`~bridge.rtpcolumns.DropReason.DUPLICATE` when its frame is still in the ring.  A packet
-beyond the ring's window (``slots`` frames from the playout point, which includes any forward
-jump larger than ``MAX_DROPOUT``) resynchronises the leg: its ring is flushed and it buffers
-again from the new packets.  A jump back by more than ``MAX_MISORDER`` is dropped as late, but as
-in RFC 3550 §A.1 the packet that follows it in sequence confirms a restarted source and
-resynchronises the leg.
+beyond the ring's window (``slots`` frames from the playout point, which any jump larger than
+``MAX_DROPOUT`` is) resynchronises the leg: its stream carries on from the highest frame so far,
+so that the frames already buffered still play and the jump is not played out as silence.  A jump
+back by more than ``MAX_MISORDER`` is dropped as late, but as in RFC 3550 §A.1 the packet that
+follows it in sequence confirms a restarted source, which resynchronises the leg the same way.
+That probation is the only Python loop over packets, and it runs only for such a leg.
 
 **Depth** adapts per leg.  The interarrival jitter ``J`` is estimated as in RFC 3550 §6.4.1 and
 §A.8, over the whole batch at once (several packets of one leg in one batch are folded in arrival
@@ -258,7 +259,6 @@ class JitterArray:
             raise ValueError("slots must exceed max_depth_ms / frame_ms")
 
         self._capacity = capacity
-        self._frame_ms = frame_ms
         self._slots = slots
         self._payload_size = payload_size
         self._frame_ms = frame_ms
@@ -453,21 +453,21 @@ class JitterArray:
         ref_seq = np.where(synced, ref_ext - self._shift[legs], first_seq)
         ext = ref_ext + ((seq - ref_seq + _SEQ_HALF) & _SEQ_MASK) - _SEQ_HALF
         probation = np.zeros(m, dtype=np.bool_)
+        rebased = np.zeros(self._capacity, dtype=np.bool_)
         back = (rs == DropReason.OK) & (ext < ref_ext - MAX_MISORDER)
         resyncs = 0
         if back.any():
+            groups = np.unique(group[back])
             resyncs += self._jump_back(
-                np.unique(group[back]), starts, legs, seq, ref_ext, ref_seq, ext, rs, probation
+                groups, starts, legs, seq, ref_ext, ref_seq, ext, rs, probation, rebased
             )
         candidate = rs == DropReason.OK
         if not synced.all():
             self._place(legs[~synced & candidate], ext[~synced & candidate])
 
         # A packet beyond the window: the stream jumped, so it carries on from the highest frame.
-        rebased = np.zeros(self._capacity, dtype=np.bool_)
         beyond = candidate & (ext >= self._playout[legs] + self._slots)
         if beyond.any():
-            rebased[legs[beyond]] = True
             resyncs += self._rebase(rebased, beyond, candidate, legs, ext)
             # Only a batch wider than the window can still overflow; it cannot be buffered.
             rs[candidate & (ext >= self._playout[legs] + self._slots)] = DropReason.LATE
@@ -689,6 +689,7 @@ class JitterArray:
         ext: npt.NDArray[np.int64],
         rs: npt.NDArray[np.uint8],
         probation: npt.NDArray[np.bool_],
+        rebased: npt.NDArray[np.bool_],
     ) -> int:
         """Slow path for the rare leg with a packet far behind: RFC 3550 §A.1 probation.
 
@@ -720,6 +721,7 @@ class JitterArray:
                     self._seam[leg] = r_ext
                     self._counters[leg, _Counter.RESYNCS] += 1
                     self._restart_timing(np.array([leg], dtype=np.intp))
+                    rebased[leg] = True
                     restarted += 1
                 else:
                     bad = (s + 1) & _SEQ_MASK
@@ -754,7 +756,8 @@ class JitterArray:
         longer than the window) is not played out as silence.  A leg whose new packets overflow
         even so starts over on them, with its ring flushed.
         """
-        r = np.flatnonzero(rebased)
+        r = np.unique(legs[beyond])
+        rebased[r] = True
         low = np.full(self._capacity, _NO_FRAME, dtype=np.int64)
         np.minimum.at(low, legs[beyond], ext[beyond])
         top = self._max_ext.copy()

@@ -63,6 +63,7 @@ class Participant:
     ssrc: int | None = None
     gain: float = 1.0
     muted: bool = False
+    latch: bool = False
     worker: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -232,9 +232,9 @@ class MediaWorker:
         if self.clock.over_budget():
             p99 = self.clock.p99_ns() / 1e6
             raise AdmissionError(
-                f"worker {self.index} is at its tick budget: p99 tick work {p99:.1f} ms "
-                f"> {self.clock.budget_ns / 1e6:.1f} ms "
-                f"({self.config.media.tick_budget:.0%} of {FRAME_MS} ms)"
+                f"worker {self.index} is at its tick budget: p99 tick work {p99:.2f} ms is "
+                f"over {self.clock.budget_ns / 1e6:.3g} ms "
+                f"(media.tick_budget {self.config.media.tick_budget:g} of {FRAME_MS} ms)"
             )
         return self._add_leg(message["participant"])
 
@@ -254,6 +254,7 @@ class MediaWorker:
                 gain=p.get("gain", 1.0),
                 muted=p.get("muted", False),
                 alias=p.get("name", ""),
+                latch=p.get("latch", False),
             )
         )
         self.rtcp.add(p["id"], remote["ip"], remote["port"], leg.ssrc_out)
@@ -312,7 +313,13 @@ class MediaWorker:
             "channel_dropped": self.channel.dropped,
             "recorder_dropped": getattr(self.ring, "dropped", 0),
             "cpu_s": time.process_time(),
+            "rtcp": {
+                "sent": self.rtcp.sent,
+                "malformed": self.rtcp.malformed,
+                "unknown": self.rtcp.unknown,
+            },
             **self.engine.transit_summary(),
+            **self.engine.counters(),
         }
 
     # ------------------------------------------------------------------ loop

@@ -63,6 +63,8 @@ class RtpJoin(_Schema):
     clock_rate: int | None = None
     dtmf_payload_type: int | None = Field(default=None, ge=96, le=127)
     ssrc: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
+    #: Symmetric RTP: take packets from another port of the same IP (a phone behind NAT).
+    latch: bool = False
 
 
 class ParticipantPatch(_Schema):
@@ -224,6 +226,7 @@ class Api:
             clock_rate=body.clock_rate,
             dtmf_payload_type=body.dtmf_payload_type,
             ssrc=body.ssrc,
+            latch=body.latch,
             name=body.name,
             kind=body.kind,
         )

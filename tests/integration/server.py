@@ -43,7 +43,9 @@ def free_udp_pair_base() -> int:
 
 
 class Server:
-    def __init__(self, tmp: Path, *, workers: int = 1, extra_toml: str = "") -> None:
+    def __init__(
+        self, tmp: Path, *, workers: int = 1, media_toml: str = "", extra_toml: str = ""
+    ) -> None:
         self.port = free_port()
         self.rtp_base = free_udp_pair_base()
         self.tmp = tmp
@@ -51,7 +53,7 @@ class Server:
         self.config = tmp / "ucbridge.toml"
         self.config.write_text(
             f"[server]\nport = {self.port}\n"
-            f"[media]\nworkers = {workers}\nrtp_port_base = {self.rtp_base}\n"
+            f"[media]\nworkers = {workers}\nrtp_port_base = {self.rtp_base}\n{media_toml}\n"
             f'[recording]\ndir = "{self.recordings}"\n' + extra_toml
         )
         self.authority = TokenAuthority(SECRET)

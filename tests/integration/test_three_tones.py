@@ -71,3 +71,44 @@ def test_each_leg_hears_the_other_two(server: Server) -> None:
     finally:
         for leg in legs:
             leg.close()
+
+
+def test_latching_follows_a_nat_port_only_when_asked(server: Server) -> None:
+    """A phone behind NAT sends from another port than it declared (symmetric RTP)."""
+    server.ok("POST", "/api/rooms", {"name": "nat", "mode": "open"})
+    talker, natted = RtpLeg(), RtpLeg()
+    try:
+        join(server, "nat", talker)
+        declared = natted.port + 1000  # what the phone thinks its port is
+        for latch in (False, True):
+            reply = server.ok(
+                "POST",
+                "/api/rooms/nat/participants",
+                {
+                    "address": {"ip": "127.0.0.1", "port": declared},
+                    "latch": latch,
+                    "name": f"natted-{latch}",
+                },
+            )
+            natted.remote = (reply["rtp"]["ip"], reply["rtp"]["port"])
+            natted.received.clear()
+            start = time.monotonic()
+            threads = [
+                threading.Thread(
+                    target=leg.send_realtime, args=(leg.frames(tone(f, int(1.0 * RATE))),)
+                )
+                for leg, f in ((talker, 440.0), (natted, 770.0))
+            ]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            heard = natted.heard(start + 0.3)
+            if latch:
+                assert band_fraction(heard, 440.0) > 0.5, "the latched leg hears nothing"
+            else:
+                assert len(heard) == 0, "an unlatched leg was taken over from another port"
+            server.ok("DELETE", f"/api/rooms/nat/participants/{reply['id']}")
+    finally:
+        talker.close()
+        natted.close()

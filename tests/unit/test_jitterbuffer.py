@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -72,7 +72,7 @@ def stream(
         leg=np.full(n, leg, dtype=np.intp),
         seq=((seq0 + i) % 65536).astype(np.uint16),
         ts=((ts0 + i * step) % (1 << 32)).astype(np.uint32),
-        arrival_ms=start_ms + FRAME_MS * i + delay_ms,
+        arrival_ms=np.asarray(start_ms + FRAME_MS * i + delay_ms, dtype=np.float64),
         frame=first_frame + i,
         length=np.full(n, PAYLOAD, dtype=np.int32),
         header=np.full(n, HEADER, dtype=np.int32),
@@ -88,10 +88,11 @@ class Run:
     frame: npt.NDArray[np.int64]
     reason: npt.NDArray[np.uint8]
     resyncs: int = 0
-    results: list[int] = field(default_factory=list)
 
     def played(self, leg: int = 0) -> npt.NDArray[np.int64]:
-        return self.frame[self.status[:, leg] == PLAYED, leg]
+        """The frames a leg played, in order."""
+        frames: npt.NDArray[np.int64] = self.frame[self.status[:, leg] == PLAYED, leg]
+        return frames
 
 
 _PATTERN = bytes(range(251)) * 8
@@ -314,8 +315,9 @@ def test_jittery_arrival_grows_the_depth_and_stops_underruns(seed: int) -> None:
     packets = stream(n, delay_ms=rng.uniform(0, 60, n))
     jb = new_buffer()
     first = drive(jb, packets, settle)
-    assert jb.stats(0).depth_ms > 3 * FRAME_MS
     before = jb.stats(0)
+    assert before.depth_ms > 3 * FRAME_MS
+    assert before.held > 0  # the buffer grew by holding its playout point
     second = drive(jb, packets, n - settle, tick0=settle)
     after = jb.stats(0)
     # After convergence no frame is missing at its playout point, and none comes late.
@@ -343,6 +345,27 @@ def test_steady_arrival_shrinks_the_depth_back() -> None:
     assert s.jitter_ms < 1.0
     assert (run.status[-300:, 0] == PLAYED).all()
     assert (np.diff(run.played()) > 0).all()
+
+
+def test_a_new_talk_spurt_buffers_to_the_target_depth() -> None:
+    rng = np.random.default_rng(4)
+    spurt = stream(300, delay_ms=rng.uniform(0, 60, 300))
+    again = stream(50, seq0=300, ts0=400 * STEP, first_frame=300, start_ms=400 * FRAME_MS)
+    jb = new_buffer()
+    first = drive(jb, spurt + again, 399)
+    assert first.status[-1, 0] == IDLE
+    target = jb.stats(0).depth_ms // FRAME_MS
+    assert target >= 3
+    run = drive(jb, spurt + again, 60, tick0=399)
+    # Frame 300 arrives in tick 400 and waits until the spurt spans the target depth.
+    starts = np.flatnonzero(run.status[:, 0] == PLAYED)[0] + 399
+    assert starts == 400 + target - 1
+    assert run.frame[starts - 399, 0] == 300
+
+
+def test_depth_ms_of_many_legs() -> None:
+    jb = new_buffer(3)
+    np.testing.assert_array_equal(jb.depth_ms(np.array([0, 2], dtype=np.intp)), [20, 20])
 
 
 def test_sequence_and_timestamp_wrap() -> None:
@@ -380,6 +403,33 @@ def test_packet_beyond_the_window_resyncs_instead_of_overwriting() -> None:
     run = drive(jb, lead + ahead, 20)
     assert jb.stats(0).resyncs == 1
     np.testing.assert_array_equal(run.played(), np.r_[np.arange(10), np.arange(40, 50)])
+
+
+def test_a_jump_keeps_the_frames_already_buffered() -> None:
+    # Frames 0-9 arrive in one burst, then the sender restarts its sequence numbers.
+    jb = new_buffer()
+    burst = stream(10, delay_ms=np.linspace(200, 20, 10))
+    restart = stream(20, seq0=20_000, ts0=7, first_frame=10, start_ms=10 * FRAME_MS, delay_ms=20)
+    run = drive(jb, burst + restart, 40)
+    assert run.resyncs == 1
+    assert (run.reason == DropReason.OK).all()
+    played = run.played()
+    assert (np.diff(played) > 0).all()
+    assert len(played) + jb.stats(0).dropped == 30
+    assert jb.stats(0).ptime_mismatch == 0  # the seam between the streams is not checked
+
+
+def test_a_batch_wider_than_the_window_keeps_the_newest_frames() -> None:
+    jb = new_buffer()
+    run = drive(jb, stream(20, delay_ms=np.linspace(400, 20, 20)), 45)
+    np.testing.assert_array_equal(np.flatnonzero(run.reason == DropReason.LATE), np.arange(4))
+    assert (run.reason[4:] == DropReason.OK).all()
+    played = run.played()
+    assert played[0] >= 4 and played[-1] == 19
+    assert (np.diff(played) > 0).all()
+    # 16 frames are over the 200 ms maximum depth: a frame is dropped each tick (and one played)
+    # until the span is back within it.
+    assert jb.stats(0).dropped == (16 - 200 // FRAME_MS) // 2
 
 
 def test_stray_old_packet_is_late_but_a_restarted_source_resyncs() -> None:
@@ -435,7 +485,8 @@ def test_several_packets_of_one_leg_in_one_batch() -> None:
 
 
 # ---------------------------------------------------------------------- estimators
-def test_jitter_matches_rfc3550_packet_by_packet() -> None:
+@pytest.mark.parametrize("ticks_per_batch", [1, 2])
+def test_jitter_matches_rfc3550_packet_by_packet(ticks_per_batch: int) -> None:
     legs, n = 5, 60
     rng = np.random.default_rng(3)
     jb = new_buffer(legs)
@@ -444,14 +495,15 @@ def test_jitter_matches_rfc3550_packet_by_packet() -> None:
         s = stream(n, leg=leg, seq0=leg * 1000, delay_ms=rng.uniform(0, 30, n))
         packets = s if packets is None else packets + s
     assert packets is not None
-    # Two ticks per batch, so that a leg often has several packets in one batch.
+    # With two ticks per batch a leg often has several packets in one batch.
+    window = ticks_per_batch * FRAME_MS
     data = np.zeros((len(packets.seq), HEADER + PAYLOAD), dtype=np.uint8)
     arrival_ns = (packets.arrival_ms * 1e6).astype(np.int64)
-    for k in range(n // 2 + 2):
-        now = k * 2 * FRAME_MS
-        due = np.flatnonzero((packets.arrival_ms <= now) & (packets.arrival_ms > now - 40))
+    for k in range(n // ticks_per_batch + 4):
+        now = k * window
+        due = np.flatnonzero((packets.arrival_ms <= now) & (packets.arrival_ms > now - window))
         due = due[rng.permutation(len(due))]  # batch order is not arrival order
-        jb.insert(
+        result = jb.insert(
             packets.leg[due],
             packets.seq[due],
             packets.ts[due],
@@ -461,8 +513,9 @@ def test_jitter_matches_rfc3550_packet_by_packet() -> None:
             packets.length[due],
             arrival_ns[due],
         )
-        jb.pop(np.arange(legs, dtype=np.intp))
-        jb.pop(np.arange(legs, dtype=np.intp))
+        assert np.isin(result.reason, [DropReason.OK, DropReason.LATE]).all()
+        for _ in range(ticks_per_batch):
+            jb.pop(np.arange(legs, dtype=np.intp))
     for leg in range(legs):
         mine = np.flatnonzero(packets.leg == leg)
         mine = mine[np.argsort(arrival_ns[mine], kind="stable")]
