@@ -122,8 +122,9 @@ def kaiser_lowpass(count: int, cutoff: float, beta: float) -> npt.NDArray[np.flo
     """A ``count``-tap Kaiser-windowed sinc low-pass with unit DC gain; ``cutoff`` is a
     fraction of the Nyquist rate."""
     n = np.arange(count) - (count - 1) / 2
-    taps = cutoff * np.sinc(cutoff * n) * np.kaiser(count, beta)
-    return taps / taps.sum()
+    taps: npt.NDArray[np.float64] = cutoff * np.sinc(cutoff * n) * np.kaiser(count, beta)
+    unit: npt.NDArray[np.float64] = taps / taps.sum()
+    return unit
 
 
 def design_filter(in_rate: int, out_rate: int) -> PolyphaseFilter:
