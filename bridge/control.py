@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import itertools
 import json
 import logging
@@ -26,7 +27,7 @@ from typing import Any
 
 from . import channel
 from .config import Config
-from .model import Participant, ParticipantKind, Room, RoomMode, RtpEndpoint, new_id
+from .model import Participant, Room, RoomMode, new_id
 from .recording import RecorderService
 from .state import MemoryStateStore, StateStore
 
@@ -376,35 +377,16 @@ class Control:
         return room
 
     # ----------------------------------------------------------- participants
-    async def join_rtp(
-        self,
-        room_name: str,
-        *,
-        remote: RtpEndpoint,
-        codec: str = "PCMU",
-        payload_type: int = 0,
-        clock_rate: int | None = None,
-        dtmf_payload_type: int | None = None,
-        ssrc: int | None = None,
-        latch: bool = False,
-        name: str = "",
-        kind: ParticipantKind = ParticipantKind.RTP,
-    ) -> tuple[Participant, dict[str, Any]]:
+    async def join(self, room_name: str, leg: Participant) -> tuple[Participant, dict[str, Any]]:
+        """Join a leg to a room: the core call every gateway makes.
+
+        ``leg`` says what the gateway negotiated (kind, codec, payload types, remote
+        address); the core gives it an id, places it on the room's worker and keeps it in
+        the state store. Returns the stored participant and the worker's media answer
+        (its RTP/RTCP address and the SSRC it sends with).
+        """
         room = await self.get_room(room_name)
-        participant = Participant(
-            id=new_id(),
-            room=room.id,
-            kind=kind,
-            name=name,
-            codec=codec,
-            clock_rate=clock_rate,
-            payload_type=payload_type,
-            dtmf_payload_type=dtmf_payload_type,
-            remote=remote,
-            ssrc=ssrc,
-            latch=latch,
-            worker=room.worker,
-        )
+        participant = dataclasses.replace(leg, id=new_id(), room=room.id, worker=room.worker)
         result = await self._running_command(room.worker, "join", participant=participant.to_dict())
         await self.store.put_participant(participant)
         self.publish(
@@ -412,8 +394,8 @@ class Control:
                 "event": "joined",
                 "room": room.id,
                 "participant": participant.id,
-                "kind": str(kind),
-                "name": name,
+                "kind": str(participant.kind),
+                "name": participant.name,
             }
         )
         return participant, result

@@ -17,7 +17,9 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bridge.control import ConflictError, Control, NotFoundError, WorkerError
-from bridge.model import ParticipantKind, RoomMode, RtpEndpoint
+from bridge.gateways import rtp as rtp_gateway
+from bridge.gateways.rtp import RtpJoin
+from bridge.model import RoomMode
 
 from .auth import AuthError, Identity, Role, TokenAuthority
 
@@ -47,26 +49,6 @@ class RoomCreate(_Schema):
     record: bool = False
 
 
-class Endpoint(_Schema):
-    ip: str = Field(pattern=r"^\d{1,3}(\.\d{1,3}){3}$")
-    port: int = Field(ge=1, le=65535)
-
-
-class RtpJoin(_Schema):
-    """Join a plain-RTP participant, like Janus AudioBridge's ``rtp`` join."""
-
-    kind: ParticipantKind = ParticipantKind.RTP
-    name: str = Field(default="", max_length=64)
-    address: Endpoint
-    codec: str = "PCMU"
-    payload_type: int = Field(default=0, ge=0, le=127)
-    clock_rate: int | None = None
-    dtmf_payload_type: int | None = Field(default=None, ge=96, le=127)
-    ssrc: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
-    #: Symmetric RTP: take packets from another port of the same IP (a phone behind NAT).
-    latch: bool = False
-
-
 class ParticipantPatch(_Schema):
     gain: float | None = Field(default=None, ge=0.0, le=8.0)
     muted: bool | None = None
@@ -76,7 +58,7 @@ class RecordingSwitch(_Schema):
     recording: bool
 
 
-async def _body(request: web.Request, schema: type[_Schema]) -> Any:
+async def _body(request: web.Request, schema: type[BaseModel]) -> Any:
     try:
         data = await request.json()
     except ValueError:
@@ -218,27 +200,8 @@ class Api:
     @require(Role.DISPATCHER)
     async def join(self, request: web.Request) -> web.Response:
         body: RtpJoin = await _body(request, RtpJoin)
-        participant, media = await request.app[CONTROL].join_rtp(
-            request.match_info["room"],
-            remote=RtpEndpoint(body.address.ip, body.address.port),
-            codec=body.codec,
-            payload_type=body.payload_type,
-            clock_rate=body.clock_rate,
-            dtmf_payload_type=body.dtmf_payload_type,
-            ssrc=body.ssrc,
-            latch=body.latch,
-            name=body.name,
-            kind=body.kind,
-        )
-        return web.json_response(
-            {
-                "id": participant.id,
-                "room": participant.room,
-                "rtp": media["rtp"],
-                "ssrc": media["ssrc"],
-            },
-            status=201,
-        )
+        answer = await rtp_gateway.join(request.app[CONTROL], request.match_info["room"], body)
+        return web.json_response(answer, status=201)
 
     @require(Role.DISPATCHER)
     async def leave(self, request: web.Request) -> web.Response:
