@@ -21,6 +21,7 @@ from bridge.gateways import rtp as rtp_gateway
 from bridge.gateways.rtp import RtpJoin
 from bridge.model import RoomMode
 
+from . import metrics
 from .auth import AuthError, Identity, Role, TokenAuthority
 
 logger = logging.getLogger("bridge.web")
@@ -156,6 +157,11 @@ class Api:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(request.app[CONTROL].health())
 
+    @require(Role.OBSERVER, Role.DISPATCHER)
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await metrics.render(request.app[CONTROL])
+        return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
+
     async def login(self, request: web.Request) -> web.Response:
         """Redeem a one-time login code (demo mode) for a token; rate-limited per client."""
         peer = request.remote or "?"
@@ -284,6 +290,7 @@ def create_app(control: Control, authority: TokenAuthority) -> web.Application:
     app[AUTHORITY] = authority
     api = Api()
     app.router.add_get("/health", api.health)
+    app.router.add_get("/metrics", api.metrics)
     app.router.add_get("/login", api.login)
     app.router.add_get("/api/rooms", api.list_rooms)
     app.router.add_post("/api/rooms", api.create_room)

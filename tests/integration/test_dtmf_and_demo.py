@@ -18,6 +18,8 @@ import pytest
 from rtpleg import RtpLeg
 from server import Server, free_port, free_udp_pair_base
 
+from bridge.web.auth import Role
+
 TELEPHONE_EVENT = 101
 
 
@@ -144,3 +146,20 @@ def test_bad_config_key_fails_at_start_with_the_key_named(tmp_path: Path) -> Non
     )
     assert result.returncode == 2
     assert result.stderr.strip() == "ucbridge: unknown config key: media.wrokers"
+
+
+def test_metrics_need_a_token_and_count_rooms_legs_and_ticks(server: Server) -> None:
+    server.ok("POST", "/api/rooms", {"name": "m1"})
+    server.ok("POST", "/api/rooms/m1/participants", {"address": {"ip": "127.0.0.1", "port": 4000}})
+    status, _ = server.request("GET", "/metrics", auth=False)
+    assert status == 401
+    server.wait_health(lambda h: h["workers"][0]["ticks"] >= 50)
+    status, body = server.request("GET", "/metrics", role=Role.OBSERVER)
+    assert status == 200
+    text = body.decode()
+    assert "ucbridge_rooms 1.0" in text
+    assert 'ucbridge_participants{kind="rtp"} 1.0' in text
+    assert 'ucbridge_worker_up{worker="0"} 1.0' in text
+    ticks = re.search(r'^ucbridge_worker_ticks_total\{worker="0"\} (\S+)$', text, re.M)
+    assert ticks is not None and float(ticks.group(1)) >= 50
+    assert 'ucbridge_worker_tick_stage_seconds{stage="mix",worker="0"}' in text
