@@ -96,6 +96,7 @@ class Control:
         self._restart_tasks: set[asyncio.Task[None]] = set()
         self.recorder: RecorderService | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._standby: tuple[subprocess.Popen[bytes], socket.socket] | None = None
         self.epoch = new_id()
         self.sequence = 0
 
@@ -131,6 +132,14 @@ class Control:
             task.cancel()
         for worker in self.workers:
             await self._stop_worker(worker)
+        if self._standby is not None:
+            process, sock = self._standby
+            sock.close()  # EOF: the standby exits
+            try:
+                await asyncio.wait_for(asyncio.to_thread(process.wait), 5)
+            except TimeoutError:
+                process.kill()
+            self._standby = None
         if self.recorder is not None:
             self.recorder.stop()
 
@@ -159,11 +168,11 @@ class Control:
                 future.set_exception(WorkerError(f"worker {worker.index} went away"))
         worker.pending.clear()
 
-    async def _spawn(self, worker: WorkerHandle) -> None:
+    def _start_process(self, index: int | None) -> tuple[subprocess.Popen[bytes], socket.socket]:
+        """Start a worker process: for ``index``, or a standby (None) that waits to be told."""
         control_end, worker_end = channel.socket_pair()
-        config_json = json.dumps(self.config.model_dump(mode="json"))
-        env = dict(os.environ)
-        worker.process = subprocess.Popen(
+        role = ["--standby"] if index is None else ["--index", str(index)]
+        process = subprocess.Popen(
             [
                 sys.executable,
                 "-P",
@@ -171,24 +180,36 @@ class Control:
                 "bridge.worker",
                 "--fd",
                 str(worker_end.fileno()),
-                "--index",
-                str(worker.index),
+                *role,
                 "--config",
-                config_json,
+                json.dumps(self.config.model_dump(mode="json")),
                 "--log-level",
                 logging.getLevelName(logging.getLogger().level),
             ],
             pass_fds=[worker_end.fileno()],
-            env=env,
         )
         worker_end.close()
         control_end.setblocking(False)
-        worker.sock = control_end
+        return process, control_end
+
+    def _prepare_standby(self) -> None:
+        """Keep one worker process started and idle, so a restart skips start-up."""
+        if self._standby is None and not self._stopping:
+            self._standby = self._start_process(None)
+
+    async def _spawn(self, worker: WorkerHandle) -> None:
+        if worker.restarts and self._standby is not None:
+            # A standby has paid the interpreter's start-up already: give it the index.
+            worker.process, worker.sock = self._standby
+            self._standby = None
+            worker.sock.send(channel.encode({"op": "activate", "index": worker.index}))
+        else:
+            worker.process, worker.sock = self._start_process(worker.index)
         worker.ready = asyncio.Event()
         worker.state = "starting"
         worker.started_at = time.time()
         loop = asyncio.get_running_loop()
-        loop.add_reader(control_end.fileno(), self._readable, worker)
+        loop.add_reader(worker.sock.fileno(), self._readable, worker)
         try:
             await asyncio.wait_for(worker.ready.wait(), START_TIMEOUT_S)
         except TimeoutError:
@@ -200,6 +221,7 @@ class Control:
         rooms = await self.store.rooms_of_worker(worker.index)
         await self.command(worker.index, "hydrate", rooms=[r.to_dict() for r in rooms])
         worker.state = "running"
+        self._prepare_standby()
 
     def _readable(self, worker: WorkerHandle) -> None:
         sock = worker.sock

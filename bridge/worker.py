@@ -379,30 +379,53 @@ class MediaWorker:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bridge.worker")
     parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--index", type=int, required=True)
+    role = parser.add_mutually_exclusive_group(required=True)
+    role.add_argument("--index", type=int)
+    role.add_argument(
+        "--standby", action="store_true", help="start, then wait to be given an index (a spare)"
+    )
     parser.add_argument("--config", required=True, help="configuration as JSON")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, format=f"%(asctime)s worker{args.index} %(levelname)s %(message)s"
-    )
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # serve stops us through the channel
     config = parse_config(json.loads(args.config))
+    channel = WorkerEnd(socket.socket(fileno=args.fd))
+    index = args.index if args.index is not None else _wait_for_index(channel)
+    if index is None:
+        return 0
+    logging.basicConfig(
+        level=args.log_level, format=f"%(asctime)s worker{index} %(levelname)s %(message)s"
+    )
     cpus = config.media.pin_cpus
     if cpus:
-        os.sched_setaffinity(0, {cpus[args.index % len(cpus)]})
-    channel = WorkerEnd(socket.socket(fileno=args.fd))
-    worker = MediaWorker(config, args.index, channel)
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    worker = MediaWorker(config, index, channel)
 
     def _terminate(signum: int, frame: object) -> None:
         worker.running = False
 
     signal.signal(signal.SIGTERM, _terminate)
     channel.send(
-        {"kind": "ready", "worker": args.index, "pid": os.getpid(), "rtp_port": worker.rtp_port}
+        {"kind": "ready", "worker": index, "pid": os.getpid(), "rtp_port": worker.rtp_port}
     )
     worker.run()
     return 0
+
+
+def _wait_for_index(channel: WorkerEnd) -> int | None:
+    """A standby blocks until the control process activates it (None: told to go away)."""
+    poller = select.epoll()
+    poller.register(channel.fileno(), select.EPOLLIN)
+    try:
+        while True:
+            poller.poll()
+            for message in channel.receive_all():
+                if message.get("op") == "activate":
+                    return int(message["index"])
+            if channel.closed:
+                return None
+    finally:
+        poller.close()
 
 
 if __name__ == "__main__":
