@@ -41,13 +41,13 @@ HTTP_OK_LIMIT: Final = 300
 #: HTTP status of a refused join: a worker at its tick budget (admission control).
 HTTP_UNAVAILABLE: Final = 503
 #: Leg ports come from below the kernel's ephemeral range, so that no other program's
-#: ``bind(port=0)`` takes one between the probe and the load generator's own bind.
+#: ``bind(port=0)`` takes one between the bench releasing it and the load generator's bind.
 LEG_PORT_FIRST: Final = 10000
 LEG_PORT_LAST: Final = 20000
 PROC_CPUINFO: Final = Path("/proc/cpuinfo")
 
 
-class AdmissionRefused(RuntimeError):
+class AdmissionRefusedError(RuntimeError):
     """A worker refused a join with 503: it is at its tick budget."""
 
 
@@ -75,21 +75,44 @@ def free_udp_pair_base() -> int:
     raise RuntimeError("no free UDP port pair")
 
 
-def free_udp_ports(count: int, first: int = LEG_PORT_FIRST, last: int = LEG_PORT_LAST) -> list[int]:
-    """``count`` UDP ports in ``[first, last)`` that bind on 127.0.0.1 now."""
-    ports: list[int] = []
-    for port in range(first, last):
-        if len(ports) == count:
-            break
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+def reserve_udp_ports(
+    count: int, first: int = LEG_PORT_FIRST, last: int = LEG_PORT_LAST
+) -> list[socket.socket]:
+    """``count`` UDP sockets bound on 127.0.0.1 to ports in ``[first, last)``.
+
+    Legs join from these ports while the sockets stay bound, as a real endpoint listens
+    when it joins (a mixer's packets to an unbound port cost it an ICMP error each on
+    loopback); close them just before the load generator binds the same ports.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for port in range(first, last):
+            if len(sockets) == count:
+                break
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             try:
-                probe.bind((LOOPBACK, port))
+                sock.bind((LOOPBACK, port))
             except OSError:
+                sock.close()
                 continue
-        ports.append(port)
-    if len(ports) < count:
-        raise RuntimeError(f"only {len(ports)} free UDP ports in {first}-{last}")
-    return ports
+            sockets.append(sock)
+    except BaseException:
+        close_all(sockets)
+        raise
+    if len(sockets) < count:
+        close_all(sockets)
+        raise RuntimeError(f"only {len(sockets)} free UDP ports in {first}-{last}")
+    return sockets
+
+
+def close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+    sockets.clear()
+
+
+def port_of(sock: socket.socket) -> int:
+    return int(sock.getsockname()[1])
 
 
 def process_rss(pid: int) -> int:
@@ -150,7 +173,7 @@ class Api:
     def ok(self, method: str, path: str, body: Any = None) -> Any:
         status, reply = self.request(method, path, body)
         if status == HTTP_UNAVAILABLE:
-            raise AdmissionRefused(f"{method} {path}: {status} {reply}")
+            raise AdmissionRefusedError(f"{method} {path}: {status} {reply}")
         if status >= HTTP_OK_LIMIT:
             raise RuntimeError(f"{method} {path}: {status} {reply}")
         return reply
@@ -165,7 +188,12 @@ class UcbridgeServer:
     """``ucbridge serve`` on 127.0.0.1 with a temporary configuration, stopped by its PID."""
 
     def __init__(
-        self, tmp: Path, *, workers: int = 1, pin_cpus: list[int] | None = None, extra_toml: str = ""
+        self,
+        tmp: Path,
+        *,
+        workers: int = 1,
+        pin_cpus: list[int] | None = None,
+        extra_toml: str = "",
     ) -> None:
         self.port = free_port()
         self.rtp_base = free_udp_pair_base()
@@ -263,7 +291,6 @@ class UcbridgeServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
-
 
 
 @dataclass(frozen=True)
