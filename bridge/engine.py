@@ -527,6 +527,7 @@ class AudioEngine:
                 cols.payload_offset[rows],
                 cols.payload_length[rows],
                 batch.rx_ns[rows],
+                marker=cols.marker[rows],
             )
             jb_reason = np.asarray(result.reason)
             m_reason[np.flatnonzero(audio)] = np.where(

@@ -3,10 +3,10 @@
 One :class:`JitterArray` holds the jitter buffer of every leg (participant slot
 ``0..capacity-1``) of a media worker.  Every 20 ms tick the worker hands :meth:`JitterArray.insert`
 the whole batch of packets it received, then asks :meth:`JitterArray.pop` for one frame per leg.
-Both work on columns; no Python object is made per packet and no Python loop runs per packet or
-per leg (DESIGN.md, "How one audio frame flows: batch first").  The shape follows aiortc's
-``jitterbuffer.py``, one ring of packets indexed by sequence number, but with one ring per leg in
-one array and an adaptive playout depth.
+Both work on columns; no Python object is made per packet and, on the hot path, no Python loop
+runs per packet or per leg (DESIGN.md, "How one audio frame flows: batch first").  The shape
+follows aiortc's ``jitterbuffer.py``, one ring of packets indexed by sequence number, but with one
+ring per leg in one array and an adaptive playout depth.
 
 **One packet is one frame.**  The bridge requires ``ptime`` equal to ``frame_ms`` (20 ms), so a
 frame is addressed by the packet's extended sequence number and one frame plays per tick.  This is
@@ -20,11 +20,12 @@ does not start a talk spurt) counts too, which catches a ``ptime`` of 40 ms.
 relative to the highest one received.  A packet behind the playout point is dropped as
 :attr:`~bridge.rtpcolumns.DropReason.LATE`, or as
 :attr:`~bridge.rtpcolumns.DropReason.DUPLICATE` when its frame is still in the ring.  A packet
-beyond the ring's window (``slots`` frames from the playout point, which any jump larger than
-``MAX_DROPOUT`` is) resynchronises the leg: its stream carries on from the highest frame so far,
-so that the frames already buffered still play and the jump is not played out as silence.  A jump
-back by more than ``MAX_MISORDER`` is dropped as late, but as in RFC 3550 §A.1 the packet that
-follows it in sequence confirms a restarted source, which resynchronises the leg the same way.
+beyond the ring's window (``slots`` frames from the playout point; any jump larger than RFC
+3550's ``MAX_DROPOUT`` is) resynchronises the leg: its stream carries on from the highest frame
+so far, so that the frames already buffered still play and the jump is not played out as silence.
+A jump back by more than ``MAX_MISORDER`` is dropped as late, but as in RFC 3550 §A.1 the packet
+that follows it in sequence confirms a restarted source, which resynchronises the leg the same
+way.
 That probation is the only Python loop over packets, and it runs only for such a leg.
 
 **Depth** adapts per leg.  The interarrival jitter ``J`` is estimated as in RFC 3550 §6.4.1 and
@@ -70,13 +71,8 @@ from .rtpcolumns import DropReason
 SEQ_MOD = 1 << 16
 _SEQ_HALF = SEQ_MOD // 2
 _SEQ_MASK = SEQ_MOD - 1
-#: RTP timestamps are 32 bits (RFC 3550 §5.1).
-_TIMESTAMP_MOD = 1 << 32
 #: A sequence number more than this far behind the highest one is a jump back (RFC 3550 §A.1).
 MAX_MISORDER = 100
-#: A forward step larger than this is a jump (RFC 3550 §A.1); the ring's window is far smaller,
-#: so every such jump resynchronises the leg.
-MAX_DROPOUT = 3000
 #: The interarrival jitter estimator's gain is ``1 / JITTER_DIVISOR`` (RFC 3550 §6.4.1).
 JITTER_DIVISOR = 16
 #: The target depth covers this many times the interarrival jitter, plus one frame.
@@ -142,7 +138,8 @@ class _Counter(IntEnum):
     PTIME_MISMATCH = 9
 
 
-# The counter each insert reason adds to (UNKNOWN_SOURCE has no leg to count on).
+# The counter each insert reason adds to (UNKNOWN_SOURCE has no leg to count on, and is never
+# looked up).
 _REASON_COUNTER = {
     DropReason.OK: _Counter.RECEIVED,
     DropReason.LATE: _Counter.LATE,
@@ -150,8 +147,7 @@ _REASON_COUNTER = {
     DropReason.TOO_LARGE: _Counter.TOO_LARGE,
 }
 _REASON_TO_COUNTER = np.zeros(max(DropReason) + 1, dtype=np.intp)
-for _reason, _counter in _REASON_COUNTER.items():
-    _REASON_TO_COUNTER[_reason] = _counter
+_REASON_TO_COUNTER[list(_REASON_COUNTER)] = list(_REASON_COUNTER.values())
 
 
 @dataclass
@@ -159,8 +155,9 @@ class InsertResult:
     """The outcome of one :meth:`JitterArray.insert`.
 
     ``reason[i]`` is :attr:`~bridge.rtpcolumns.DropReason.OK` when packet ``i`` was buffered, or
-    why it was dropped: ``LATE`` (behind the playout point), ``DUPLICATE``, ``TOO_LARGE`` (longer
-    than ``payload_size``) or ``UNKNOWN_SOURCE`` (its leg is not open).
+    why it was dropped: ``LATE`` (behind the playout point, or far behind on probation),
+    ``DUPLICATE``, ``TOO_LARGE`` (longer than ``payload_size``) or ``UNKNOWN_SOURCE`` (its leg is
+    not open).  The values are those of the worker's drop counters.
     """
 
     reason: npt.NDArray[np.uint8]

@@ -368,6 +368,27 @@ def test_depth_ms_of_many_legs() -> None:
     np.testing.assert_array_equal(jb.depth_ms(np.array([0, 2], dtype=np.intp)), [20, 20])
 
 
+@pytest.mark.parametrize("period_ms", [19.8, 20.2])
+def test_sender_clock_skew_is_absorbed(period_ms: float) -> None:
+    # A sender 1 % fast or slow: one frame in a hundred is too many, or missing.
+    n = 1500
+    packets = stream(n)
+    packets.arrival_ms = np.arange(n, dtype=np.float64) * period_ms + 5.0
+    jb = new_buffer()
+    run = drive(jb, packets, int(n * period_ms / FRAME_MS) - 2)
+    s = jb.stats(0)
+    assert not (run.status[:, 0] == IDLE).any()
+    assert (s.late, s.held) == (0, 0)
+    skew = round(n * abs(period_ms - FRAME_MS) / FRAME_MS)
+    if period_ms < FRAME_MS:
+        assert s.dropped == pytest.approx(skew, abs=2)  # the buffer stays one frame deep
+        assert s.lost == 0
+    else:
+        assert s.lost == pytest.approx(skew, abs=2)  # concealed, and the frame after still plays
+        assert s.dropped == 0
+    assert (np.diff(run.played()) > 0).all()
+
+
 def test_sequence_and_timestamp_wrap() -> None:
     jb = new_buffer()
     run = drive(jb, stream(40, seq0=65530, ts0=(1 << 32) - 3 * STEP), 40)
