@@ -58,6 +58,10 @@ class MediaConfig(_Section):
     receive_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=65536)
     #: Pin worker i to this CPU list entry (``[0]`` pins every worker to CPU 0).
     pin_cpus: list[int] = Field(default_factory=list)
+    #: Worker i serves MCPT floor control (TS 24.380) on ``floor_port_base + i``.
+    floor_port_base: Port = 42000
+    #: Gateways that run inside each media worker, by module (see bridge.workerplugin).
+    worker_plugins: list[str] = Field(default_factory=list)
 
 
 class RecordingConfig(_Section):
@@ -77,10 +81,27 @@ class StateConfig(_Section):
     backend: Literal["memory"] = "memory"
 
 
+class FloorSettings(_Section):
+    """A ptt room's floor control (3GPP TS 24.380 clause 11 timers and counters)."""
+
+    t1: float = Field(default=4.0, gt=0, description="end of RTP media, s")
+    t2: float = Field(default=30.0, gt=0, description="stop talking (longest burst), s")
+    t3: float = Field(default=3.0, ge=0, description="stop talking grace after revoke, s")
+    t7: float = Field(default=1.0, gt=0, description="Floor Idle repeat, s")
+    t20: float = Field(default=1.0, gt=0, description="Floor Granted repeat, s")
+    c20: int = Field(default=3, ge=1, description="Floor Granted repeats")
+    queueing: bool = True
+    max_queue_size: int = Field(default=16, ge=0)
+    pre_emptive_priority: int = Field(default=255, ge=0, le=255)
+    deny_single_participant: bool = False
+    ack_required: bool = False
+
+
 class RoomConfig(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     mode: RoomMode = RoomMode.OPEN
     record: bool = False
+    floor: FloorSettings = FloorSettings()
 
 
 class Config(_Section):

@@ -98,6 +98,7 @@ class Control:
         self._supervisor: asyncio.Task[None] | None = None
         self._standby: tuple[subprocess.Popen[bytes], socket.socket] | None = None
         self.epoch = new_id()
+        self.alerts: dict[str, dict[str, Any]] = {}
         self.sequence = 0
 
     # -------------------------------------------------------------- lifecycle
@@ -109,7 +110,12 @@ class Control:
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
         for room_config in self.config.rooms:
             if await self.find_room(room_config.name) is None:
-                await self.create_room(room_config.name, room_config.mode, room_config.record)
+                await self.create_room(
+                    room_config.name,
+                    room_config.mode,
+                    room_config.record,
+                    room_config.floor.model_dump(),
+                )
 
     async def _supervise(self) -> None:
         """Restart a dead recorder; the workers then re-announce what they record."""
@@ -253,6 +259,8 @@ class Control:
         elif kind == "event":
             message.pop("kind")
             self.publish(message)
+            if message.get("event") == "floor_emergency":
+                self._raise_alert(message)
 
     def _worker_died(self, worker: WorkerHandle) -> None:
         self._close_channel(worker)
@@ -365,7 +373,11 @@ class Control:
         return min(candidates, key=load).index
 
     async def create_room(
-        self, name: str, mode: RoomMode = RoomMode.OPEN, record: bool = False
+        self,
+        name: str,
+        mode: RoomMode = RoomMode.OPEN,
+        record: bool = False,
+        floor: dict[str, Any] | None = None,
     ) -> Room:
         if await self.find_room(name) is not None:
             raise ConflictError(f"room already exists: {name}")
@@ -374,13 +386,24 @@ class Control:
             name=name,
             mode=mode,
             record=record,
+            floor=dict(floor or {}),
             rate=self.config.media.room_rate,
             worker=self._place(),
         )
         await self.store.put_room(room)
-        await self._running_command(
-            room.worker, "add_room", room=room.id, name=name, mode=str(mode), record=record
-        )
+        try:
+            await self._running_command(
+                room.worker,
+                "add_room",
+                room=room.id,
+                name=name,
+                mode=str(mode),
+                record=record,
+                floor=room.floor,
+            )
+        except WorkerError:
+            await self.store.delete_room(room.id)
+            raise
         self.publish({"event": "room_created", "room": room.id, "name": name})
         return room
 
@@ -460,6 +483,96 @@ class Control:
             room.worker, "leg_stats", participant=participant_id
         )
         return result
+
+    # ------------------------------------------------------------------ floor
+    async def _floor(self, room_name: str, op: str, **args: Any) -> Any:
+        room = await self.get_room(room_name)
+        if room.mode is not RoomMode.PTT:
+            raise ConflictError(f"room has no floor control (mode {room.mode}): {room.name}")
+        participant = args.get("participant")
+        if participant is not None and participant not in room.participants:
+            raise NotFoundError(f"unknown participant: {participant}")
+        return await self._running_command(room.worker, op, room=room.id, **args)
+
+    async def floor_request(
+        self,
+        room: str,
+        participant: str,
+        *,
+        priority: int | None = None,
+        call_type: str = "normal",
+    ) -> dict[str, Any]:
+        """A floor request (TS 24.380 §6.3): granted, queued (with position) or denied."""
+        result: dict[str, Any] = await self._floor(
+            room,
+            "floor_request",
+            participant=participant,
+            priority=priority,
+            call_type=call_type,
+        )
+        return result
+
+    async def floor_release(self, room: str, participant: str) -> None:
+        await self._floor(room, "floor_release", participant=participant)
+
+    async def floor_revoke(self, room: str, cause: int = 255) -> None:
+        await self._floor(room, "floor_revoke", cause=cause)
+
+    async def floor_grant_to(self, room: str, participant: str) -> None:
+        await self._floor(room, "floor_grant_to", participant=participant)
+
+    async def floor_override(self, room: str, participant: str, call_type: str = "normal") -> None:
+        await self._floor(room, "floor_override", participant=participant, call_type=call_type)
+
+    async def floor_receive_only(self, room: str, participant: str, receive_only: bool) -> None:
+        await self._floor(
+            room, "floor_receive_only", participant=participant, receive_only=receive_only
+        )
+
+    async def floor_state(self, room: str) -> dict[str, Any]:
+        state: dict[str, Any] = await self._floor(room, "floor_state")
+        return state
+
+    # ----------------------------------------------------------------- alerts
+    def _raise_alert(self, event: dict[str, Any]) -> None:
+        """An emergency or imminent-peril request raises an alert for dispatchers."""
+        alert = {
+            "id": new_id(),
+            "room": event.get("room"),
+            "participant": event.get("participant"),
+            "alias": event.get("alias", ""),
+            "user_id": event.get("user_id", ""),
+            "call_type": event.get("call_type", "emergency"),
+            "location": event.get("location"),
+            "raised": time.time(),
+            "state": "active",
+        }
+        self.alerts[alert["id"]] = alert
+        self.publish({"event": "emergency_raised", "alert": dict(alert), "room": alert["room"]})
+
+    def _alert(self, alert_id: str) -> dict[str, Any]:
+        try:
+            return self.alerts[alert_id]
+        except KeyError:
+            raise NotFoundError(f"unknown alert: {alert_id}") from None
+
+    def acknowledge_alert(self, alert_id: str, by: str) -> dict[str, Any]:
+        alert = self._alert(alert_id)
+        if alert["state"] == "cleared":
+            raise ConflictError(f"alert is already cleared: {alert_id}")
+        alert.update(state="acknowledged", acknowledged_by=by, acknowledged=time.time())
+        self.publish(
+            {"event": "emergency_acknowledged", "alert": dict(alert), "room": alert["room"]}
+        )
+        return alert
+
+    def clear_alert(self, alert_id: str, by: str) -> dict[str, Any]:
+        alert = self._alert(alert_id)
+        if alert["state"] == "cleared":
+            raise ConflictError(f"alert is already cleared: {alert_id}")
+        alert.update(state="cleared", cleared_by=by, cleared=time.time())
+        self.publish({"event": "emergency_cleared", "alert": dict(alert), "room": alert["room"]})
+        return alert
 
     # ----------------------------------------------------------------- health
     def health(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -224,6 +224,7 @@ class AudioEngine:
         self._silence: dict[tuple[str, int], bytes] = {}
         self._send_payload = np.zeros((2 * capacity + 16, PAYLOAD_SIZE), dtype=np.uint8)
         self.ticks = 0
+        self.audible: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         self.times = TickTimes()
         # Transit of the frames mixed: kernel receive timestamp -> return of sendmmsg, and
         # the jitter-buffer depth each frame was held for, over the last TRANSIT_WINDOW.
@@ -261,6 +262,19 @@ class AudioEngine:
 
     def set_record(self, room_id: str, record: bool) -> None:
         self._room(room_id).record = record
+
+    def audible_by_room(self, rooms: Iterable[str]) -> dict[str, list[str]]:
+        """Participants of ``rooms`` whose frame was played this tick, by room."""
+        wanted = {self.rooms[r].index: r for r in rooms if r in self.rooms}
+        if not wanted or not len(self.audible):
+            return {}
+        slots = self.audible[np.isin(self.room_of[self.audible], list(wanted))]
+        found: dict[str, list[str]] = {}
+        for slot in slots:
+            leg = self._slot_leg[int(slot)]
+            if leg is not None:
+                found.setdefault(leg.spec.room, []).append(leg.spec.participant)
+        return found
 
     def set_holder(self, room_id: str, participant: str | None) -> None:
         """Give the floor of a ``ptt`` room to a participant (None: the floor is idle)."""
@@ -434,6 +448,7 @@ class AudioEngine:
         times.jitter += t3 - t2
 
         has_audio = playout.status != PlayoutStatus.IDLE
+        self.audible = slots[has_audio]
         groups = self._decode(slots, playout.payload, playout.length, playout.status)
         active = np.zeros(self.capacity, dtype=np.bool_)
         active[slots] = has_audio

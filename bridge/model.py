@@ -64,6 +64,12 @@ class Participant:
     gain: float = 1.0
     muted: bool = False
     latch: bool = False
+    #: Floor control (ptt rooms): highest priority it may ask for (0-255), its MCPTT ID,
+    #: authorised for the room's pre-emptive priority, may only listen.
+    priority: int = 0
+    user_id: str = ""
+    pre_emptive: bool = False
+    receive_only: bool = False
     worker: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,6 +92,8 @@ class Room:
     mode: RoomMode = RoomMode.OPEN
     rate: int = 16000
     record: bool = False
+    #: Floor-control settings of a ptt room (keys of bridge.floor.FloorConfig).
+    floor: dict[str, Any] = field(default_factory=dict)
     worker: int = 0
     participants: dict[str, Participant] = field(default_factory=dict)
 

@@ -12,6 +12,7 @@ starts, supervises and restarts it.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,11 +29,14 @@ import numpy as np
 from .channel import Message, WorkerEnd
 from .config import FRAME_MS, Config, parse_config
 from .engine import AdmissionError, AudioEngine, LegSpec
+from .floor import CallType, FloorConfig, RevokeCause
+from .floorhub import FloorHub
 from .mmsg import BatchSocket, rcvbuf_errors, set_receive_buffer
 from .model import RoomMode
 from .recorder import BurstInfo, RecordingStart, RecordKind
 from .rtcpsession import LegCounters, RtcpSession
 from .shmring import RingWriter
+from .workerplugin import WorkerContext, load_plugins
 
 logger = logging.getLogger("bridge.worker")
 
@@ -46,6 +51,10 @@ STATS_EVERY_TICKS = 50
 STAGES = ("receive", "parse", "jitter", "decode", "mix", "encode", "send")
 #: Talk events that open and close a burst in a recording's index.
 _BURST_RECORDS = {"talking": RecordKind.BURST_START, "stopped_talking": RecordKind.BURST_END}
+
+
+def _floor_config(data: dict[str, Any] | None) -> FloorConfig:
+    return FloorConfig(**data) if data else FloorConfig()
 
 
 class TickClock:
@@ -128,9 +137,15 @@ class MediaWorker:
             events=self.emit,
             frames=self._push_frame,
         )
+        self.floor = FloorHub(set_holder=self.engine.set_holder, events=self.emit)
         self.clock = TickClock(media.tick_budget)
         self.running = True
         self.started_ns = time.time_ns()
+        self.plugins = load_plugins(
+            media.worker_plugins,
+            WorkerContext(index, config, self.engine, self.floor, self.emit),
+        )
+        self._plugin_by_name = {plugin.name: plugin for plugin in self.plugins}
 
     # ----------------------------------------------------------- the channel
     def emit(self, event: dict[str, Any]) -> None:
@@ -213,8 +228,15 @@ class MediaWorker:
         """Recreate rooms and legs from the state store after a (re)start."""
         legs = 0
         for room in message["rooms"]:
-            self.engine.add_room(room["id"], room["name"], RoomMode(room["mode"]))
-            self._set_record(room["id"], room.get("record", False))
+            self.op_add_room(
+                {
+                    "room": room["id"],
+                    "name": room["name"],
+                    "mode": room["mode"],
+                    "floor": room.get("floor"),
+                    "record": room.get("record", False),
+                }
+            )
             for participant in room["participants"]:
                 self._add_leg(participant)
                 legs += 1
@@ -222,12 +244,15 @@ class MediaWorker:
 
     def op_add_room(self, message: Message) -> dict[str, Any]:
         room = self.engine.add_room(message["room"], message["name"], RoomMode(message["mode"]))
+        if room.mode is RoomMode.PTT:
+            self.floor.add_room(room.id, _floor_config(message.get("floor")))
         self._set_record(room.id, message.get("record", False))
         return {"index": room.index}
 
     def op_remove_room(self, message: Message) -> None:
         if message["room"] in self.engine.rooms:
             self._set_record(message["room"], False)
+        self.floor.remove_room(message["room"])
         self.engine.remove_room(message["room"])
 
     def op_set_record(self, message: Message) -> dict[str, Any]:
@@ -263,6 +288,16 @@ class MediaWorker:
             )
         )
         self.rtcp.add(p["id"], remote["ip"], remote["port"], leg.ssrc_out)
+        if p["room"] in self.floor.servers:
+            self.floor.join(
+                p["room"],
+                p["id"],
+                priority=p.get("priority", 0),
+                pre_emptive_allowed=p.get("pre_emptive", False),
+                receive_only=p.get("receive_only", False),
+                user_id=p.get("user_id") or p["id"],
+                alias=p.get("name", ""),
+            )
         return {
             "rtp": {"ip": self.config.media.rtp_host, "port": self.rtp_port},
             "rtcp": {"ip": self.config.media.rtp_host, "port": self.rtp_port + 1},
@@ -288,8 +323,12 @@ class MediaWorker:
         )
 
     def op_leave(self, message: Message) -> None:
-        self.engine.remove_leg(message["participant"])
-        self.rtcp.remove(message["participant"])
+        participant = message["participant"]
+        self.floor.leave(participant)
+        for plugin in self.plugins:
+            plugin.leg_left(participant)
+        self.engine.remove_leg(participant)
+        self.rtcp.remove(participant)
 
     def op_set_leg(self, message: Message) -> None:
         self.engine.set_leg(
@@ -298,6 +337,40 @@ class MediaWorker:
 
     def op_set_holder(self, message: Message) -> None:
         self.engine.set_holder(message["room"], message.get("participant"))
+
+    # ------------------------------------------------------------------ floor
+    def op_floor_request(self, message: Message) -> dict[str, Any]:
+        return self.floor.request(
+            message["participant"],
+            priority=message.get("priority"),
+            call_type=CallType[message.get("call_type", "normal").upper().replace("-", "_")],
+        )
+
+    def op_floor_release(self, message: Message) -> None:
+        self.floor.release(message["participant"])
+
+    def op_floor_revoke(self, message: Message) -> None:
+        self.floor.revoke(message["room"], RevokeCause(message.get("cause", RevokeCause.OTHER)))
+
+    def op_floor_grant_to(self, message: Message) -> None:
+        self.floor.grant_to(message["participant"])
+
+    def op_floor_override(self, message: Message) -> None:
+        call_type = CallType[message.get("call_type", "normal").upper().replace("-", "_")]
+        self.floor.override(message["participant"], call_type=call_type)
+
+    def op_floor_receive_only(self, message: Message) -> None:
+        self.floor.set_receive_only(message["participant"], message["receive_only"])
+
+    def op_floor_state(self, message: Message) -> dict[str, Any]:
+        return self.floor.snapshot(message["room"])
+
+    def op_plugin(self, message: Message) -> Any:
+        """A command for a worker plugin: ``{"plugin": name, "command": op, ...}``."""
+        plugin = self._plugin_by_name.get(message["plugin"])
+        if plugin is None:
+            raise ValueError(f"no such worker plugin: {message['plugin']}")
+        return plugin.command(message["command"], message)
 
     def op_leg_stats(self, message: Message) -> dict[str, Any]:
         stats = self.engine.leg_stats(message["participant"])
@@ -323,29 +396,52 @@ class MediaWorker:
                 "malformed": self.rtcp.malformed,
                 "unknown": self.rtcp.unknown,
             },
+            "plugins": {plugin.name: plugin.stats() for plugin in self.plugins},
             **self.engine.transit_summary(),
             **self.engine.counters(),
         }
 
     # ------------------------------------------------------------------ loop
+    def _serve_floor_timers(self) -> None:
+        deadline = self.floor.next_deadline()
+        if deadline is not None and deadline <= time.monotonic():
+            self.floor.tick()
+
+    def _report_media_to_floor(self) -> None:
+        """T1 and media policing: who sent media this tick, per ptt room."""
+        for room, participants in self.engine.audible_by_room(self.floor.servers).items():
+            self.floor.media_from(room, participants)
+
     def run(self) -> None:
         poller = select.epoll()
-        poller.register(self.channel.fileno(), select.EPOLLIN)
-        poller.register(self.rtcp.fileno(), select.EPOLLIN)
+        handlers: dict[int, Callable[[], None]] = {
+            self.channel.fileno(): self.serve_commands,
+            self.rtcp.fileno(): self.rtcp.receive,
+        }
+        for plugin in self.plugins:
+            for sock in plugin.sockets():
+                handlers[sock.fileno()] = functools.partial(plugin.readable, sock)
+        for fd in handlers:
+            poller.register(fd, select.EPOLLIN)
         deadline = time.monotonic_ns() + TICK_NS
         while self.running:
             now = time.monotonic_ns()
             if now < deadline:
-                for fd, _ in poller.poll((deadline - now) / 1e9):
-                    if fd == self.rtcp.fileno():
-                        self.rtcp.receive()
-                    else:
-                        self.serve_commands()
+                # Floor messages and commands are served as they arrive, between ticks;
+                # floor timers wake the loop too.
+                wake = deadline
+                floor_deadline = self.floor.next_deadline()
+                if floor_deadline is not None:
+                    wake = min(wake, max(now, int(floor_deadline * 1e9)))
+                for fd, _ in poller.poll((wake - now) / 1e9):
+                    handlers[fd]()
+                self._serve_floor_timers()
                 self.channel.flush()
                 continue
             cpu_start = time.thread_time_ns()
             try:
                 times = self.engine.tick()
+                self._report_media_to_floor()
             except Exception:  # one bad tick must not take the rooms down
                 logger.exception("worker %d: tick failed", self.index)
                 times = None
@@ -378,6 +474,8 @@ class MediaWorker:
             if self.clock.count % STATS_EVERY_TICKS == 0:
                 self.channel.send({"kind": "stats", "worker": self.index, "stats": self.stats()})
         poller.close()
+        for plugin in self.plugins:
+            plugin.close()
         self.sock.close()
         self.rtcp.sock.close()
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bridge.audit import AuditLog
+from bridge.config import FloorSettings
 from bridge.control import ConflictError, Control, NotFoundError, WorkerError
 from bridge.gateways import rtp as rtp_gateway
 from bridge.gateways.rtp import RtpJoin
@@ -48,6 +51,27 @@ class RoomCreate(_Schema):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     mode: RoomMode = RoomMode.OPEN
     record: bool = False
+    floor: FloorSettings = FloorSettings()
+
+
+class FloorAction(StrEnum):
+    REQUEST = "request"
+    RELEASE = "release"
+    REVOKE = "revoke"
+    GRANT = "grant"
+    OVERRIDE = "override"
+    RECEIVE_ONLY = "receive_only"
+
+
+class FloorCommand(_Schema):
+    """A floor action in a ptt room (3GPP TS 24.380); dispatcher actions are audited."""
+
+    action: FloorAction
+    participant: str | None = None
+    priority: int | None = Field(default=None, ge=0, le=255)
+    call_type: Literal["normal", "imminent-peril", "emergency"] = "normal"
+    receive_only: bool = True
+    cause: int = Field(default=255, ge=0, le=255)
 
 
 class ParticipantPatch(_Schema):
@@ -195,7 +219,9 @@ class Api:
     @require(Role.DISPATCHER)
     async def create_room(self, request: web.Request) -> web.Response:
         body: RoomCreate = await _body(request, RoomCreate)
-        room = await request.app[CONTROL].create_room(body.name, body.mode, body.record)
+        room = await request.app[CONTROL].create_room(
+            body.name, body.mode, body.record, body.floor.model_dump()
+        )
         return web.json_response(_room_json(room), status=201)
 
     @require(Role.DISPATCHER)
@@ -242,6 +268,51 @@ class Api:
         room = await request.app[CONTROL].set_recording(request.match_info["room"], body.recording)
         return web.json_response({"room": room.id, "recording": room.record})
 
+    @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
+    async def floor_state(self, request: web.Request) -> web.Response:
+        state = await request.app[CONTROL].floor_state(request.match_info["room"])
+        return web.json_response(state)
+
+    @require(Role.DISPATCHER)
+    async def floor(self, request: web.Request) -> web.Response:
+        body: FloorCommand = await _body(request, FloorCommand)
+        control = request.app[CONTROL]
+        room = request.match_info["room"]
+        if body.action is FloorAction.REVOKE:
+            await control.floor_revoke(room, body.cause)
+            return web.json_response({"result": "revoked"})
+        if body.participant is None:
+            return json_error(422, f"participant: required for {body.action}")
+        if body.action is FloorAction.REQUEST:
+            outcome = await control.floor_request(
+                room, body.participant, priority=body.priority, call_type=body.call_type
+            )
+            return web.json_response(outcome)
+        if body.action is FloorAction.RELEASE:
+            await control.floor_release(room, body.participant)
+        elif body.action is FloorAction.GRANT:
+            await control.floor_grant_to(room, body.participant)
+        elif body.action is FloorAction.OVERRIDE:
+            await control.floor_override(room, body.participant, body.call_type)
+        else:
+            await control.floor_receive_only(room, body.participant, body.receive_only)
+        return web.json_response(await control.floor_state(room))
+
+    @require(Role.DISPATCHER, Role.OBSERVER)
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        return web.json_response({"alerts": list(request.app[CONTROL].alerts.values())})
+
+    @require(Role.DISPATCHER)
+    async def alert_action(self, request: web.Request) -> web.Response:
+        control = request.app[CONTROL]
+        identity: Identity = request[IDENTITY]
+        alert_id, action = request.match_info["alert"], request.match_info["action"]
+        if action == "acknowledge":
+            return web.json_response(control.acknowledge_alert(alert_id, identity.user))
+        if action == "clear":
+            return web.json_response(control.clear_alert(alert_id, identity.user))
+        return json_error(404, f"unknown alert action: {action}")
+
     @require(Role.DISPATCHER)
     async def list_recordings(self, request: web.Request) -> web.Response:
         control = request.app[CONTROL]
@@ -284,14 +355,21 @@ class Api:
         return web.json_response({"workers": stats})
 
 
-def create_app(control: Control, authority: TokenAuthority) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware])
+def create_app(
+    control: Control, authority: TokenAuthority, *, audit_log: AuditLog | None = None
+) -> web.Application:
+    # These modules use this one's helpers, so they are imported once it is complete.
+    from . import audit_api, console, presence_api, sio
+
+    app = web.Application(
+        middlewares=[audit_api.audit_middleware, errors_middleware, auth_middleware]
+    )
     app[CONTROL] = control
     app[AUTHORITY] = authority
     api = Api()
     app.router.add_get("/health", api.health)
     app.router.add_get("/metrics", api.metrics)
-    app.router.add_get("/login", api.login)
+    app.router.add_get("/login", console.login_page(api.login))
     app.router.add_get("/api/rooms", api.list_rooms)
     app.router.add_post("/api/rooms", api.create_room)
     app.router.add_get("/api/rooms/{room}", api.get_room)
@@ -301,9 +379,17 @@ def create_app(control: Control, authority: TokenAuthority) -> web.Application:
     app.router.add_patch("/api/rooms/{room}/participants/{participant}", api.patch_participant)
     app.router.add_get("/api/rooms/{room}/participants/{participant}/stats", api.participant_stats)
     app.router.add_post("/api/rooms/{room}/recording", api.set_recording)
+    app.router.add_get("/api/rooms/{room}/floor", api.floor_state)
+    app.router.add_post("/api/rooms/{room}/floor", api.floor)
+    app.router.add_get("/api/alerts", api.list_alerts)
+    app.router.add_post("/api/alerts/{alert}/{action}", api.alert_action)
     app.router.add_get("/api/recordings", api.list_recordings)
     app.router.add_get("/api/recordings/{recording}", api.download_recording)
     app.router.add_get("/api/recordings/{recording}/{part}", api.download_recording)
     app.router.add_get("/api/events", api.events)
     app.router.add_get("/api/workers", api.worker_stats)
+    audit = audit_api.setup(app, audit_log or AuditLog(audit_api.default_path(control.config)))
+    presence = presence_api.setup(app)
+    sio.setup(app, control, authority, audit, presence)
+    console.setup(app)
     return app

@@ -42,6 +42,11 @@ class RtpJoin(BaseModel):
     ssrc: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
     #: Symmetric RTP: take packets from another port of the same IP (a phone behind NAT).
     latch: bool = False
+    #: Floor control in ptt rooms (TS 24.380): highest priority, MCPTT ID, pre-emption.
+    priority: int = Field(default=0, ge=0, le=255)
+    user_id: str = Field(default="", max_length=128)
+    pre_emptive: bool = False
+    receive_only: bool = False
 
 
 async def join(control: Control, room: str, request: RtpJoin) -> dict[str, Any]:
@@ -58,6 +63,10 @@ async def join(control: Control, room: str, request: RtpJoin) -> dict[str, Any]:
         remote=RtpEndpoint(request.address.ip, request.address.port),
         ssrc=request.ssrc,
         latch=request.latch,
+        priority=request.priority,
+        user_id=request.user_id,
+        pre_emptive=request.pre_emptive,
+        receive_only=request.receive_only,
     )
     participant, media = await control.join(room, leg)
     return {

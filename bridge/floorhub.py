@@ -1,0 +1,248 @@
+"""The floor-control servers of one media worker, wired to its mixer and its gateways.
+
+DESIGN.md, "How one floor request flows": a request from any gateway becomes one call
+into the room's :class:`~bridge.floor.FloorControlServer`; its answers are rendered by
+the gateway that owns each participant, and its holder changes edit the mixing matrix,
+so the holder is heard from the next tick on. This hub does that plumbing for every
+``ptt`` room of a worker:
+
+- each participant may have a *renderer*: the gateway plugin that speaks its floor
+  protocol (MCPT for LTE handsets). Messages for participants without one (browsers,
+  consoles, phones) are not lost: the room-level floor events carry the same news to the
+  control process, which renders them over socket.io;
+- every call returns after the holder is applied to the engine and the messages are
+  handed to their renderers, so floor access never waits for a tick;
+- timers of all rooms are served through :meth:`next_deadline` and :meth:`tick`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .floor import (
+    CallType,
+    FloorConfig,
+    FloorControlServer,
+    FloorEvent,
+    FloorMessage,
+    FloorMessageType,
+    RevokeCause,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class FloorRenderer(Protocol):
+    """A gateway that speaks some participants' floor protocol."""
+
+    def render(self, room: str, participant: str, message: FloorMessage) -> None: ...
+
+
+@dataclass
+class _Member:
+    room: str
+    renderer: FloorRenderer | None
+
+
+class FloorHub:
+    """Every ``ptt`` room's floor-control server in one worker."""
+
+    def __init__(
+        self,
+        *,
+        set_holder: Callable[[str, str | None], None],
+        events: Callable[[dict[str, Any]], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._set_holder = set_holder
+        self._events = events
+        self._clock = clock
+        self.servers: dict[str, FloorControlServer] = {}
+        self._members: dict[str, _Member] = {}
+        self._holders: dict[str, str | None] = {}
+
+    # ------------------------------------------------------------------ rooms
+    def add_room(self, room: str, config: FloorConfig | None = None) -> None:
+        if room in self.servers:
+            return
+        self.servers[room] = FloorControlServer(
+            room, config, clock=self._clock, events=self._on_event
+        )
+        self._holders[room] = None
+
+    def remove_room(self, room: str) -> None:
+        server = self.servers.pop(room, None)
+        if server is None:
+            return
+        for participant in list(server.participants):
+            self._members.pop(participant, None)
+        self._holders.pop(room, None)
+
+    def server(self, room: str) -> FloorControlServer:
+        try:
+            return self.servers[room]
+        except KeyError:
+            raise KeyError(f"room has no floor control (not a ptt room): {room}") from None
+
+    def room_of(self, participant: str) -> str:
+        try:
+            return self._members[participant].room
+        except KeyError:
+            raise KeyError(f"participant is not in a ptt room: {participant}") from None
+
+    # ------------------------------------------------------------- membership
+    def join(
+        self,
+        room: str,
+        participant: str,
+        *,
+        priority: int = 0,
+        pre_emptive_allowed: bool = False,
+        receive_only: bool = False,
+        user_id: str = "",
+        alias: str = "",
+        renderer: FloorRenderer | None = None,
+    ) -> None:
+        server = self.server(room)
+        self._members[participant] = _Member(room, renderer)
+        self._deliver(
+            room,
+            server.join(
+                participant,
+                priority=priority,
+                pre_emptive_allowed=pre_emptive_allowed,
+                receive_only=receive_only,
+                user_id=user_id,
+                alias=alias,
+            ),
+        )
+
+    def set_renderer(self, participant: str, renderer: FloorRenderer | None) -> None:
+        self._members[participant].renderer = renderer
+
+    def leave(self, participant: str) -> None:
+        member = self._members.pop(participant, None)
+        if member is None:
+            return
+        server = self.servers.get(member.room)
+        if server is not None:
+            self._deliver(member.room, server.leave(participant))
+
+    # ----------------------------------------------------------------- inputs
+    def request(
+        self,
+        participant: str,
+        *,
+        priority: int | None = None,
+        call_type: CallType = CallType.NORMAL,
+        location: object | None = None,
+    ) -> dict[str, Any]:
+        """A floor request; returns the participant's outcome (granted/queued/denied)."""
+        room = self.room_of(participant)
+        messages = self.server(room).request(
+            participant, priority=priority, call_type=call_type, location=location
+        )
+        self._deliver(room, messages)
+        return self._outcome(room, participant, messages)
+
+    def release(self, participant: str) -> None:
+        room = self.room_of(participant)
+        self._deliver(room, self.server(room).release(participant))
+
+    def queue_position_request(self, participant: str) -> None:
+        room = self.room_of(participant)
+        self._deliver(room, self.server(room).queue_position_request(participant))
+
+    def ack(self, participant: str, message_type: FloorMessageType | int) -> None:
+        room = self.room_of(participant)
+        self._deliver(room, self.server(room).ack(participant, message_type))
+
+    def revoke(self, room: str, cause: RevokeCause = RevokeCause.OTHER) -> None:
+        self._deliver(room, self.server(room).revoke(None, cause))
+
+    def grant_to(self, participant: str) -> None:
+        room = self.room_of(participant)
+        self._deliver(room, self.server(room).grant_to(participant))
+
+    def override(self, participant: str, *, call_type: CallType = CallType.NORMAL) -> None:
+        room = self.room_of(participant)
+        self._deliver(room, self.server(room).override(participant, call_type=call_type))
+
+    def set_receive_only(self, participant: str, receive_only: bool) -> None:
+        room = self.room_of(participant)
+        self._deliver(room, self.server(room).set_receive_only(participant, receive_only))
+
+    def media_from(self, room: str, participants: Iterable[str]) -> None:
+        """Participants of ``room`` whose RTP was played this tick (T1, media policing)."""
+        server = self.servers.get(room)
+        if server is not None:
+            self._deliver(room, server.media_from(participants))
+
+    # ----------------------------------------------------------------- timers
+    def next_deadline(self) -> float | None:
+        deadlines = [d for s in self.servers.values() if (d := s.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None
+
+    def tick(self, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
+        for room, server in self.servers.items():
+            deadline = server.next_deadline()
+            if deadline is not None and deadline <= now:
+                self._deliver(room, server.tick(now))
+
+    # ---------------------------------------------------------------- outputs
+    def snapshot(self, room: str) -> dict[str, Any]:
+        server = self.server(room)
+        return {
+            "state": server.state,
+            "holder": server.holder,
+            "call_type": server.call_type.name.lower(),
+            "queue": list(server.queue),
+        }
+
+    def _deliver(self, room: str, messages: list[FloorMessage]) -> None:
+        server = self.servers.get(room)
+        if server is not None and server.holder != self._holders.get(room):
+            self._holders[room] = server.holder
+            self._set_holder(room, server.holder)
+        if not messages or server is None:
+            return
+        rendered = [
+            (participant, member.renderer)
+            for participant in server.participants
+            if (member := self._members.get(participant)) is not None
+            and member.renderer is not None
+        ]
+        for message in messages:
+            for participant, renderer in rendered:
+                if message.reaches(participant):
+                    try:
+                        renderer.render(room, participant, message)
+                    except Exception:  # one bad leg must not stop the room's floor
+                        logger.exception("floor renderer failed for %s", participant)
+
+    def _outcome(self, room: str, participant: str, messages: list[FloorMessage]) -> dict[str, Any]:
+        server = self.server(room)
+        if server.holder == participant:
+            return {"result": "granted"}
+        for message in messages:
+            if not message.reaches(participant):
+                continue
+            if message.kind == FloorMessageType.DENY:
+                cause = message.cause
+                return {
+                    "result": "denied",
+                    "cause": int(cause) if cause is not None else None,
+                    "reason": message.cause_text,
+                }
+        position = server.queue_position(participant)
+        if position is not None:
+            return {"result": "queued", "position": position}
+        return {"result": "pending"}
+
+    def _on_event(self, event: FloorEvent) -> None:
+        self._events(event.to_dict())
