@@ -149,9 +149,9 @@ class FloorHub:
         self._deliver(room, messages)
         return self._outcome(room, participant, messages)
 
-    def release(self, participant: str) -> None:
+    def release(self, participant: str, *, ack_requested: bool = False) -> None:
         room = self.room_of(participant)
-        self._deliver(room, self.server(room).release(participant))
+        self._deliver(room, self.server(room).release(participant, ack_requested=ack_requested))
 
     def queue_position_request(self, participant: str) -> None:
         room = self.room_of(participant)

@@ -49,8 +49,12 @@ RTCP_EVERY_TICKS = 10
 STATS_EVERY_TICKS = 50
 #: Stages reported per tick, in order.
 STAGES = ("receive", "parse", "jitter", "decode", "mix", "encode", "send")
-#: Talk events that open and close a burst in a recording's index.
-_BURST_RECORDS = {"talking": RecordKind.BURST_START, "stopped_talking": RecordKind.BURST_END}
+#: Events that open and close a talk burst in a recording's index: the floor's in a ptt
+#: room (TS 24.380: Floor Granted to release or revoke), talker detection in an open one.
+_BURST_RECORDS = {
+    RoomMode.PTT: {"floor_granted": RecordKind.BURST_START, "floor_released": RecordKind.BURST_END},
+    RoomMode.OPEN: {"talking": RecordKind.BURST_START, "stopped_talking": RecordKind.BURST_END},
+}
 
 
 def _floor_config(data: dict[str, Any] | None) -> FloorConfig:
@@ -149,10 +153,10 @@ class MediaWorker:
 
     # ----------------------------------------------------------- the channel
     def emit(self, event: dict[str, Any]) -> None:
-        kind = _BURST_RECORDS.get(event.get("event", ""))
-        if kind is not None and self.ring is not None:
-            room = self.engine.rooms.get(event["room"])
-            if room is not None and room.record:
+        room = self.engine.rooms.get(event.get("room", ""))
+        if room is not None and room.record and self.ring is not None:
+            kind = _BURST_RECORDS[room.mode].get(event["event"])
+            if kind is not None and event.get("participant"):
                 info = BurstInfo(
                     participant=event["participant"],
                     alias=event.get("alias", ""),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import Any
@@ -130,3 +131,31 @@ def test_floor_actions_in_an_open_room_are_refused(server: Server) -> None:
     server.ok("POST", "/api/rooms", {"name": "conf", "mode": "open"})
     status, body = server.request("GET", "/api/rooms/conf/floor")
     assert (status, body) == (409, {"error": "room has no floor control (mode open): conf"})
+
+
+@pytest.mark.slow
+def test_a_recorded_ptt_room_indexes_bursts_from_floor_grant_to_release(server: Server) -> None:
+    server.ok("POST", "/api/rooms", {"name": "tg1", "mode": "ptt", "record": True})
+    legs = {n: RtpLeg() for n in ("a", "b")}
+    try:
+        ids = {n: join(server, legs[n], n) for n in legs}
+        assert floor(server, action="request", participant=ids["a"]) == {"result": "granted"}
+        talk(legs, ["a"], 1.0)
+        floor(server, action="release", participant=ids["a"])
+        server.ok("POST", "/api/rooms/tg1/recording", {"recording": False})
+        deadline = time.monotonic() + 10
+        lines: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not lines:
+            items = server.get("/api/recordings")["recordings"]
+            if items and items[0]["has_bursts"]:
+                status, body = server.request("GET", f"/api/recordings/{items[0]['id']}/bursts")
+                assert status == 200
+                lines = [json.loads(line) for line in body.decode().splitlines()]
+            time.sleep(0.1)
+        assert [(b["participant"], b["alias"], b["call_type"]) for b in lines] == [
+            (ids["a"], "a", "normal")
+        ]
+        assert 0.9 < lines[0]["end_offset_s"] - lines[0]["start_offset_s"] < 2.0
+    finally:
+        for leg in legs.values():
+            leg.close()
