@@ -1,0 +1,171 @@
+"""The audit log over HTTP: every dispatcher action through REST is audited once, and read back.
+
+:func:`audit_middleware` writes one :class:`bridge.audit.AuditLog` record for each request
+to a dispatcher route (:data:`AUDITED_ROUTES`, and any other state-changing ``/api/`` route
+but :data:`UNAUDITED_ROUTES`) that carries an identity, whatever its outcome: the final
+status decides ``ok``, ``denied`` (401, 403) or ``failed``. Downloads of recordings are
+audited too (surveillance). ``GET /api/audit`` lists records and ``GET /api/audit/verify``
+checks the chain, both for dispatchers and admins; the log has no route that changes it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from bridge.audit import DEFAULT_READ_LIMIT, AuditError, AuditLog, Outcome, verify
+from bridge.config import Config
+
+from .app import IDENTITY, Handler, json_error, require
+from .auth import Identity, Role
+
+#: The audit file's name, beside the recordings folder unless configured.
+AUDIT_FILE_NAME = "audit.jsonl"
+#: Request bodies larger than this are not copied into the record.
+MAX_BODY_IN_RECORD = 4096
+
+AUDIT: web.AppKey[AuditLog] = web.AppKey("audit", AuditLog)
+
+#: (method, route) → action name, for the dispatcher routes of ``web/app.py``.
+AUDITED_ROUTES: dict[tuple[str, str], str] = {
+    ("POST", "/api/rooms"): "room_create",
+    ("DELETE", "/api/rooms/{room}"): "room_delete",
+    ("POST", "/api/rooms/{room}/participants"): "join",
+    ("DELETE", "/api/rooms/{room}/participants/{participant}"): "kick",
+    ("PATCH", "/api/rooms/{room}/participants/{participant}"): "participant_patch",
+    ("POST", "/api/rooms/{room}/recording"): "recording",
+    ("GET", "/api/recordings/{recording}"): "recording_download",
+    ("GET", "/api/recordings/{recording}/{part}"): "recording_download",
+}
+#: State-changing routes that are not dispatcher actions (a unit's own position report).
+UNAUDITED_ROUTES = frozenset({("POST", "/api/presence/{unit}")})
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_DENIED_STATUSES = frozenset({401, 403})
+
+
+def default_path(config: Config) -> Path:
+    """Where the audit file goes when the configuration names none: beside the recordings."""
+    return config.recording.dir.parent / AUDIT_FILE_NAME
+
+
+def _action(request: web.Request) -> str | None:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return None
+    key = (request.method, resource.canonical)
+    if key in AUDITED_ROUTES:
+        return AUDITED_ROUTES[key]
+    if key in UNAUDITED_ROUTES or request.method in _SAFE_METHODS:
+        return None
+    if not resource.canonical.startswith("/api/"):
+        return None
+    return f"{request.method} {resource.canonical}"
+
+
+async def _request_body(request: web.Request) -> Any:
+    if not request.can_read_body and not request.body_exists:
+        return None
+    if (request.content_length or 0) > MAX_BODY_IN_RECORD:
+        return "(too large to record)"
+    try:
+        return json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return "(not JSON)"
+
+
+def _error_of(response: web.StreamResponse | web.HTTPException) -> str | None:
+    body = getattr(response, "text", None)
+    if not isinstance(body, str):
+        return None
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    return data.get("error") if isinstance(data, dict) else None
+
+
+def _outcome(status: int) -> Outcome:
+    if status < 400:
+        return Outcome.OK
+    return Outcome.DENIED if status in _DENIED_STATUSES else Outcome.FAILED
+
+
+@web.middleware
+async def audit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Audit dispatcher routes once each; the outermost middleware, so it sees final statuses."""
+    action = _action(request)
+    if action is None:
+        return await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        _record(request, action, exc.status, _error_of(exc), await _request_body(request))
+        raise
+    error = _error_of(response) if response.status >= 400 else None
+    _record(request, action, response.status, error, await _request_body(request))
+    return response
+
+
+def _record(request: web.Request, action: str, status: int, error: str | None, body: Any) -> None:
+    identity: Identity | None = request.get(IDENTITY)
+    if identity is None:
+        return
+    detail: dict[str, Any] = {"method": request.method, "path": request.path, "status": status}
+    if error is not None:
+        detail["error"] = error
+    if body is not None:
+        detail["request"] = body
+    request.app[AUDIT].append(
+        user=identity.user,
+        role=str(identity.role),
+        action=f"rest:{action}",
+        outcome=_outcome(status),
+        room=request.match_info.get("room"),
+        camera=request.match_info.get("camera"),
+        detail=detail,
+    )
+
+
+class AuditApi:
+    """Read-only routes over the audit log."""
+
+    @require(Role.DISPATCHER)
+    async def list(self, request: web.Request) -> web.Response:
+        try:
+            after = int(request.query.get("after", "0"))
+            limit = int(request.query.get("limit", str(DEFAULT_READ_LIMIT)))
+        except ValueError:
+            return json_error(400, "after and limit must be integers")
+        if not 1 <= limit <= DEFAULT_READ_LIMIT:
+            return json_error(400, f"limit must be 1 to {DEFAULT_READ_LIMIT}")
+        log = request.app[AUDIT]
+        records = log.read(after=after, limit=limit, action=request.query.get("action"))
+        return web.json_response(
+            {"records": [r.to_dict() for r in records], "count": len(log), "head": log.head}
+        )
+
+    @require(Role.DISPATCHER)
+    async def verify(self, request: web.Request) -> web.Response:
+        log = request.app[AUDIT]
+        try:
+            count = verify(log.path)
+        except AuditError as exc:
+            return web.json_response({"ok": False, "error": str(exc)})
+        return web.json_response({"ok": True, "records": count, "head": log.head})
+
+
+def setup(app: web.Application, log: AuditLog) -> AuditLog:
+    """Register the audit routes and keep ``log`` on the app (closed at cleanup)."""
+    app[AUDIT] = log
+    api = AuditApi()
+    app.router.add_get("/api/audit", api.list)
+    app.router.add_get("/api/audit/verify", api.verify)
+
+    async def close(app: web.Application) -> None:
+        log.close()
+
+    app.on_cleanup.append(close)
+    return log

@@ -1,0 +1,237 @@
+"""Presence over REST: the map as GeoJSON, a Cursor-on-Target stream, and HTTP position fixes.
+
+- ``GET /api/presence`` (any role): every unit as a GeoJSON FeatureCollection (RFC 7946).
+- ``GET /api/presence/cot`` (any role): a chunked stream of CoT PLI events (MITRE CoT event
+  2.0, :mod:`bridge.cot`), back to back with no separator as TAK streams expect: one
+  ``<event>`` per unit every ``interval`` seconds (default :data:`DEFAULT_COT_INTERVAL_S`)
+  for ``rounds`` rounds (default: until the client goes away).
+- ``POST /api/presence/{unit}``: a manual or HTTP-delivered fix. Dispatchers may place any
+  unit; an officer may report only its own unit (its user name). A position out of range is
+  ``422`` with the reason (``{"error": "latitude is out of range"}``).
+
+The routes are thin: :class:`PresenceFeed` owns the registry and tells its subscribers (the
+socket.io fan-out, one :class:`bridge.presence.Coalescer` per console) about every change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from bridge.cot import cot_stream
+from bridge.model import ParticipantKind
+from bridge.presence import FixSource, GpsFix, PresenceRegistry, Unit, to_feature
+
+from .app import IDENTITY, json_error, require
+from .auth import Identity, Role
+
+#: Seconds between rounds of a CoT stream, unless the client asks otherwise.
+DEFAULT_COT_INTERVAL_S = 5.0
+MIN_COT_INTERVAL_S = 0.2
+MAX_COT_INTERVAL_S = 3600.0
+#: How often silent units are expired from the registry.
+EXPIRE_INTERVAL_S = 10.0
+COT_CONTENT_TYPE = "application/xml"
+#: What a unit id may look like (a handset id, a user name, a camera id).
+UNIT_REGEX = r"[A-Za-z0-9_.:@-]{1,64}"
+
+#: ``callback(unit_id, unit)``: the unit changed, or went away (``unit`` is None).
+UnitListener = Callable[[str, Unit | None], None]
+
+
+class PresenceFeed:
+    """The presence registry of the control process, with change notification."""
+
+    def __init__(self, registry: PresenceRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else PresenceRegistry()
+        self._listeners: list[UnitListener] = []
+        self._expirer: asyncio.Task[None] | None = None
+
+    def subscribe(self, listener: UnitListener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _notify(self, unit_id: str, unit: Unit | None) -> None:
+        for listener in list(self._listeners):
+            listener(unit_id, unit)
+
+    def report(self, unit_id: str, fix: GpsFix, **changes: Any) -> Unit:
+        """A fix for a unit (see :meth:`PresenceRegistry.report`); raises ``ValueError``."""
+        unit = self.registry.report(unit_id, fix, **changes)
+        self._notify(unit_id, unit)
+        return unit
+
+    def update(self, unit_id: str, **changes: Any) -> Unit:
+        """A unit's room, alias or status changed (see :meth:`PresenceRegistry.update`)."""
+        unit = self.registry.update(unit_id, **changes)
+        self._notify(unit_id, unit)
+        return unit
+
+    def remove(self, unit_id: str) -> Unit | None:
+        unit = self.registry.remove(unit_id)
+        if unit is not None:
+            self._notify(unit_id, None)
+        return unit
+
+    def expire(self) -> list[Unit]:
+        removed = self.registry.expire()
+        for unit in removed:
+            self._notify(unit.id, None)
+        return removed
+
+    def feature(self, unit: Unit) -> dict[str, Any]:
+        return to_feature(unit, now=self.registry.now())
+
+    def geojson(self, room: str | None = None) -> dict[str, Any]:
+        return self.registry.geojson(room=room)
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_INTERVAL_S)
+            self.expire()
+
+    async def start(self, app: web.Application) -> None:
+        self._expirer = asyncio.get_running_loop().create_task(self._expire_loop())
+
+    async def stop(self, app: web.Application) -> None:
+        if self._expirer is not None:
+            self._expirer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expirer
+
+
+PRESENCE: web.AppKey[PresenceFeed] = web.AppKey("presence", PresenceFeed)
+
+
+class FixReport(BaseModel):
+    """A position report; times are epoch seconds, lengths metres, angles degrees."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lat: float
+    lon: float
+    time: float | None = None
+    altitude_m: float | None = None
+    accuracy_m: float | None = None
+    vertical_accuracy_m: float | None = None
+    heading_deg: float | None = None
+    speed_mps: float | None = None
+    source: FixSource = FixSource.MANUAL
+    kind: ParticipantKind | None = None
+    alias: str | None = Field(default=None, max_length=64)
+    room: str | None = Field(default=None, max_length=64)
+    status: str | None = None
+    interval: float | None = None
+
+
+def _unprocessable(reason: str) -> web.HTTPUnprocessableEntity:
+    return web.HTTPUnprocessableEntity(
+        text=web.json_response({"error": reason}).text, content_type="application/json"
+    )
+
+
+async def _fix_report(request: web.Request) -> FixReport:
+    try:
+        data = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text='{"error": "request body is not valid JSON"}', content_type="application/json"
+        ) from None
+    try:
+        return FixReport.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise _unprocessable(f"{where}: {first['msg']}") from None
+
+
+class PresenceApi:
+    """Route handlers; one instance per app."""
+
+    @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
+    async def geojson(self, request: web.Request) -> web.Response:
+        feed = request.app[PRESENCE]
+        return web.json_response(feed.geojson(room=request.query.get("room") or None))
+
+    @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
+    async def cot(self, request: web.Request) -> web.StreamResponse:
+        try:
+            interval = float(request.query.get("interval", DEFAULT_COT_INTERVAL_S))
+            rounds = int(request.query["rounds"]) if "rounds" in request.query else None
+        except ValueError:
+            return json_error(400, "interval must be a number and rounds an integer")
+        if not MIN_COT_INTERVAL_S <= interval <= MAX_COT_INTERVAL_S:
+            return json_error(
+                400, f"interval must be {MIN_COT_INTERVAL_S} to {MAX_COT_INTERVAL_S} seconds"
+            )
+        feed = request.app[PRESENCE]
+        room = request.query.get("room") or None
+        response = web.StreamResponse(headers={"Content-Type": COT_CONTENT_TYPE})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        done = 0
+        with contextlib.suppress(ConnectionResetError):
+            while rounds is None or done < rounds:
+                started = time.monotonic()
+                chunk = b"".join(cot_stream(feed.registry.units(room=room)))
+                if chunk:
+                    await response.write(chunk)
+                done += 1
+                if rounds is not None and done >= rounds:
+                    break
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            await response.write_eof()
+        return response
+
+    @require(Role.DISPATCHER, Role.OFFICER)
+    async def report(self, request: web.Request) -> web.Response:
+        identity: Identity = request[IDENTITY]
+        unit_id = request.match_info["unit"]
+        if identity.role == Role.OFFICER and unit_id != identity.user:
+            return json_error(403, "an officer may report only its own unit")
+        body = await _fix_report(request)
+        feed = request.app[PRESENCE]
+        known = unit_id in feed.registry
+        try:
+            fix = GpsFix(
+                lat=body.lat,
+                lon=body.lon,
+                time=time.time() if body.time is None else body.time,
+                altitude_m=body.altitude_m,
+                accuracy_m=body.accuracy_m,
+                vertical_accuracy_m=body.vertical_accuracy_m,
+                heading_deg=body.heading_deg,
+                speed_mps=body.speed_mps,
+                source=body.source,
+            )
+            unit = feed.report(
+                unit_id,
+                fix,
+                kind=body.kind or (None if known else ParticipantKind.TRUNK),
+                alias=body.alias,
+                room=body.room,
+                status=body.status,
+                interval=body.interval,
+            )
+        except ValueError as exc:
+            raise _unprocessable(str(exc)) from None
+        return web.json_response(feed.feature(unit), status=200 if known else 201)
+
+
+def setup(app: web.Application, feed: PresenceFeed | None = None) -> PresenceFeed:
+    """Register the presence routes on ``app`` and return its feed."""
+    feed = feed if feed is not None else PresenceFeed()
+    app[PRESENCE] = feed
+    api = PresenceApi()
+    app.router.add_get("/api/presence", api.geojson)
+    app.router.add_get("/api/presence/cot", api.cot)
+    app.router.add_post("/api/presence/{unit:" + UNIT_REGEX + "}", api.report)
+    app.on_startup.append(feed.start)
+    app.on_cleanup.append(feed.stop)
+    return feed
