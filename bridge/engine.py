@@ -215,6 +215,8 @@ class AudioEngine:
         # [2 capacity, 3 capacity).
         self._banks: dict[tuple[int, int], ResamplerBank] = {}
         self._row_tick = np.full(3 * capacity, -2, dtype=np.int64)
+        self._row_ids_for: list[tuple[str, int]] | None = None
+        self._row_ids_cache = np.zeros(0, dtype=np.intp)
         self.codec_id = np.zeros(capacity, dtype=np.int16)
         self._codecs: list[codecs.CodecSpec] = []
         self.last_pcm = np.zeros((capacity, MAX_FRAME_SAMPLES), dtype=np.int16)
@@ -507,7 +509,7 @@ class AudioEngine:
         # Packets from unknown sources are counted per worker; the rest per leg.
         unmatched = ~matched
         reason[unmatched & (reason == DropReason.OK)] = DropReason.UNKNOWN_SOURCE
-        np.add.at(self.unknown_drops, reason[unmatched], 1)
+        self.unknown_drops += np.bincount(reason[unmatched], minlength=len(DropReason))
 
         m_slot = slot[matched]
         m_reason = reason[matched]
@@ -548,8 +550,12 @@ class AudioEngine:
             m_reason[np.flatnonzero(audio)] = np.where(
                 jb_reason == 0, m_reason[np.flatnonzero(audio)], jb_reason
             )
-        np.add.at(self.received, m_slot, 1)
-        np.add.at(self.drops, (m_slot, m_reason), 1)
+        self.received += np.bincount(m_slot, minlength=self.capacity)
+        # Almost every packet is fine: count the others by (leg, reason) only.
+        bad = m_reason != DropReason.OK
+        if bad.any():
+            flat = m_slot[bad] * len(DropReason) + m_reason[bad]
+            self.drops += np.bincount(flat, minlength=self.drops.size).reshape(self.drops.shape)
         times.jitter = time.perf_counter_ns() - t1
 
     def _latch(
@@ -806,11 +812,17 @@ class AudioEngine:
         return self._room(room_id).index
 
     def _row_ids(self, result: MixResult) -> npt.NDArray[np.intp]:
-        """A stable resampler row per mix: rooms, then each leg's own N-1 mix (see ``_banks``)."""
-        ids = np.empty(len(result.keys), dtype=np.intp)
-        for i, (kind, index) in enumerate(result.keys):
-            ids[i] = index if kind == MixKind.ROOM else self.capacity + index
-        return ids
+        """A stable resampler row per mix: rooms, then each leg's own N-1 mix (see ``_banks``).
+
+        The mixer hands out the same ``keys`` list while W is unchanged, so the rows are
+        computed once per W, not once per tick.
+        """
+        if self._row_ids_for is not result.keys:
+            own = np.fromiter((kind != MixKind.ROOM for kind, _ in result.keys), np.bool_)
+            index = np.fromiter((index for _, index in result.keys), np.intp)
+            self._row_ids_cache = index + own * self.capacity
+            self._row_ids_for = result.keys
+        return self._row_ids_cache
 
     def _encode(self, result: MixResult) -> tuple[npt.NDArray[Any], ...] | None:
         """Encode once per distinct (codec, mix); returns what :meth:`_send` needs."""
