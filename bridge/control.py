@@ -360,14 +360,21 @@ class Control:
             raise NotFoundError(f"unknown room: {name_or_id}")
         return room
 
-    def _place(self) -> int:
-        """The least loaded running worker: fewest legs, then lowest p99 tick work."""
+    async def _place(self) -> int:
+        """The least loaded running worker: fewest legs, then fewest rooms, then p99 work.
 
-        def load(w: WorkerHandle) -> tuple[int, float]:
-            return (
-                int(w.stats.get("legs", 0)),
-                float(w.stats.get("tick", {}).get("work_p99_ms", 0.0)),
-            )
+        Legs and rooms are counted in the state store, which is current at once; a
+        worker's own figures arrive once a second.
+        """
+        legs = collections.Counter[int]()
+        rooms = collections.Counter[int]()
+        for room in await self.store.list_rooms():
+            rooms[room.worker] += 1
+            legs[room.worker] += len(room.participants)
+
+        def load(w: WorkerHandle) -> tuple[int, int, float]:
+            p99 = float(w.stats.get("tick", {}).get("work_p99_ms", 0.0))
+            return legs[w.index], rooms[w.index], p99
 
         candidates = [w for w in self.workers if w.state == "running"] or self.workers
         return min(candidates, key=load).index
@@ -388,7 +395,7 @@ class Control:
             record=record,
             floor=dict(floor or {}),
             rate=self.config.media.room_rate,
-            worker=self._place(),
+            worker=await self._place(),
         )
         await self.store.put_room(room)
         try:

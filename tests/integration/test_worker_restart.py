@@ -6,6 +6,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from rtpleg import FRAME, RATE, RtpLeg, band_energy, tone
@@ -66,3 +68,33 @@ def test_killed_worker_is_restarted_and_room_heard_again(server: Server) -> None
     finally:
         for leg in legs:
             leg.close()
+
+
+@pytest.fixture
+def two_workers(tmp_path: Path) -> Iterator[Server]:
+    srv = Server(tmp_path, workers=2)
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_rooms_go_to_the_least_loaded_worker_and_each_worker_has_its_port(
+    two_workers: Server,
+) -> None:
+    health = two_workers.get("/health")
+    assert [w["state"] for w in health["workers"]] == ["running", "running"]
+    assert len({w["pid"] for w in health["workers"]}) == 2
+    ports = [w["rtp_port"] for w in health["workers"]]
+    assert ports == [two_workers.rtp_base, two_workers.rtp_base + 2]
+    placed = []
+    for name in ("r1", "r2", "r3", "r4"):
+        placed.append(two_workers.ok("POST", "/api/rooms", {"name": name})["worker"])
+    assert sorted(placed) == [0, 0, 1, 1]
+    # A leg joins the worker of its room and is told that worker's port.
+    room = next(n for n, w in zip(("r1", "r2", "r3", "r4"), placed, strict=True) if w == 1)
+    reply = two_workers.ok(
+        "POST", f"/api/rooms/{room}/participants", {"address": {"ip": "127.0.0.1", "port": 4000}}
+    )
+    assert reply["rtp"]["port"] == ports[1]
