@@ -139,11 +139,13 @@ def _last_line(path: Path) -> bytes | None:
         return body or None
 
 
-def verify(path: Path | str) -> int:
+def verify(path: Path | str, *, head: str | None = None) -> int:
     """Check the chain of an audit file and return how many records it holds.
 
     Raises :class:`AuditError` naming the first line (counted from 1) that is not valid
-    JSON, is out of sequence, or does not carry the hash of the line before it.
+    JSON, is out of sequence, or does not carry the hash of the line before it. The chain
+    alone cannot show an edit of the last line or a cut tail; ``head`` (the
+    :attr:`AuditLog.head` kept elsewhere) can: the file must end at it.
     """
     prev = GENESIS
     count = 0
@@ -158,6 +160,8 @@ def verify(path: Path | str) -> int:
             raise AuditError(f"audit line {number} is out of sequence")
         prev = line_hash(line)
         count = number
+    if head is not None and head != prev:
+        raise AuditError("audit log does not end at the expected head")
     return count
 
 

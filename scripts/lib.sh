@@ -3,7 +3,8 @@
 # Debian bookworm with python3, python3-venv, pip, git and curl is enough.
 
 # Debian packages the test suite drives as real peers.
-TEST_DEBIAN_PACKAGES=(janus tshark sox)
+# chromium is the dispatcher console's browser (driven by playwright, never downloaded).
+TEST_DEBIAN_PACKAGES=(janus tshark sox chromium)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -359,6 +359,8 @@ def create_app(
     control: Control, authority: TokenAuthority, *, audit_log: AuditLog | None = None
 ) -> web.Application:
     # These modules use this one's helpers, so they are imported once it is complete.
+    from bridge.gateways.trunking import affiliation as trunking
+
     from . import audit_api, console, presence_api, sio
 
     app = web.Application(
@@ -390,6 +392,7 @@ def create_app(
     app.router.add_get("/api/workers", api.worker_stats)
     audit = audit_api.setup(app, audit_log or AuditLog(audit_api.default_path(control.config)))
     presence = presence_api.setup(app)
+    trunking.setup(app, control, presence)
     sio.setup(app, control, authority, audit, presence)
     console.setup(app)
     return app

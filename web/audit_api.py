@@ -37,11 +37,13 @@ AUDITED_ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/api/rooms/{room}/participants/{participant}"): "kick",
     ("PATCH", "/api/rooms/{room}/participants/{participant}"): "participant_patch",
     ("POST", "/api/rooms/{room}/recording"): "recording",
+    ("POST", "/api/rooms/{room}/floor"): "floor",  # floor_<action> by the body's action
+    ("POST", "/api/alerts/{alert}/{action}"): "alert",  # alert_acknowledge, alert_clear
     ("GET", "/api/recordings/{recording}"): "recording_download",
     ("GET", "/api/recordings/{recording}/{part}"): "recording_download",
 }
-#: State-changing routes that are not dispatcher actions (a unit's own position report).
-UNAUDITED_ROUTES = frozenset({("POST", "/api/presence/{unit}")})
+#: State-changing routes that are not dispatcher actions (units' own position reports).
+UNAUDITED_ROUTES = frozenset({("POST", "/api/presence/{unit}"), ("POST", "/api/trunking/location")})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DENIED_STATUSES = frozenset({401, 403})
 
@@ -113,6 +115,10 @@ def _record(request: web.Request, action: str, status: int, error: str | None, b
     identity: Identity | None = request.get(IDENTITY)
     if identity is None:
         return
+    if action == "floor" and isinstance(body, dict) and isinstance(body.get("action"), str):
+        action = f"floor_{body['action']}"
+    elif action == "alert":
+        action = f"alert_{request.match_info.get('action', '')}"
     detail: dict[str, Any] = {"method": request.method, "path": request.path, "status": status}
     if error is not None:
         detail["error"] = error
@@ -151,7 +157,7 @@ class AuditApi:
     async def verify(self, request: web.Request) -> web.Response:
         log = request.app[AUDIT]
         try:
-            count = verify(log.path)
+            count = verify(log.path, head=log.head)
         except AuditError as exc:
             return web.json_response({"ok": False, "error": str(exc)})
         return web.json_response({"ok": True, "records": count, "head": log.head})

@@ -25,6 +25,7 @@ from .app import Handler
 
 STATIC_DIR = Path(__file__).parent / "static"
 CONSOLE_PATH = "/console"
+#: The login cookie ``GET /login`` sets (``HttpOnly``, ``SameSite=Strict``).
 TOKEN_COOKIE = "ucb_token"
 _NO_STORE = {"Cache-Control": "no-store"}
 

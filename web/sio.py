@@ -42,7 +42,7 @@ import copy
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from http.cookies import SimpleCookie
 from typing import Any, ClassVar
 
@@ -55,6 +55,7 @@ from bridge.control import EVENT_HISTORY, ConflictError, Control, NotFoundError,
 from bridge.presence import Coalescer, Unit
 
 from .auth import AuthError, Identity, Role, TokenAuthority
+from .console import TOKEN_COOKIE
 from .presence_api import PresenceFeed
 
 logger = logging.getLogger("bridge.web.sio")
@@ -67,8 +68,6 @@ LIVE = "live"
 PRESENCE_RATE_HZ = 3.0
 #: Fields of worker events that mean nothing outside the worker.
 _WORKER_FIELDS = frozenset({"t_ns", "t"})
-#: The cookie the demo login link sets (see ``web/app.py``).
-TOKEN_COOKIE = "ucb_token"
 
 
 class FloorPriority(IntEnum):
@@ -78,7 +77,7 @@ class FloorPriority(IntEnum):
     DISPATCHER = 200
 
 
-class CallType:
+class CallType(StrEnum):
     """The call types of TS 24.379, as the floor events name them."""
 
     NORMAL = "normal"
@@ -86,7 +85,7 @@ class CallType:
     EMERGENCY = "emergency"
 
 
-class FloorState:
+class FloorState(StrEnum):
     """The floor as the console shows it."""
 
     IDLE = "idle"
@@ -94,11 +93,12 @@ class FloorState:
     REVOKING = "revoking"
 
 
-class AlertState:
-    """An emergency alert's state (``bridge.control.Control.alerts``); cleared ones go."""
+class AlertState(StrEnum):
+    """An alert's state, as ``Control.alerts`` keeps it; consoles drop cleared alerts."""
 
     ACTIVE = "active"
     ACKNOWLEDGED = "acknowledged"
+    CLEARED = "cleared"
 
 
 _ROLE_PRIORITY = {
@@ -547,7 +547,17 @@ class Signalling:
     def attach(self, app: web.Application) -> None:
         self.server.attach(app)
         app.on_startup.append(self._start)
+        app.on_shutdown.append(self._shutdown)
         app.on_cleanup.append(self._stop)
+
+    async def _shutdown(self, app: web.Application) -> None:
+        # Open websockets would hold the server's graceful shutdown for its whole timeout.
+        # Close the transports without a goodbye, as a lost connection would: consoles
+        # then reconnect and resume by themselves (after a goodbye they would not).
+        for socket in list(self.server.eio.sockets.values()):
+            await socket.close(wait=False, abort=True)
+            await socket.queue.put(None)  # ends the websocket writer, which closes it
+        await self.server.shutdown()
 
     async def _start(self, app: web.Application) -> None:
         # Subscribe first: what happens while the rooms load waits in the outbox, and
@@ -558,7 +568,7 @@ class Signalling:
         for room in await self.control.list_rooms():
             self.state.seed_room(room)
         for alert in self.control.alerts.values():
-            if alert.get("state") != "cleared":
+            if alert.get("state") != AlertState.CLEARED:
                 self.state.alerts[str(alert["id"])] = copy.deepcopy(alert)
         self._sender = asyncio.get_running_loop().create_task(self._send_loop())
 

@@ -23,7 +23,12 @@ const LOG_LENGTH = 80;
 const ACK_TIMEOUT_MS = 5000;
 const DENIED_SHOWN_MS = 2500;
 const DEFAULT_VOLUME = 80;
-const AUTH_ERRORS = ["authentication required", "token is invalid", "token has expired", "token has an unknown role"];
+const AUTH_ERRORS = [
+  "authentication required",
+  "token is invalid",
+  "token has expired",
+  "token has an unknown role",
+];
 const STORE_TOKEN = "ucb_token";
 const STORE_SELECTED = "ucb_selected_room";
 const STORE_VOLUMES = "ucb_volumes";
@@ -74,8 +79,7 @@ function reconcile(container, items, keyOf, create, update) {
   for (const node of existing.values()) node.remove();
 }
 
-const clockTime = (seconds) =>
-  new Date(seconds * 1000).toISOString().slice(11, 19);
+const clockTime = (seconds) => new Date(seconds * 1000).toISOString().slice(11, 19);
 
 function loadJSON(key, fallback) {
   try {
@@ -113,13 +117,33 @@ let renderQueued = false;
 // For tests and for the curious: a read-only view of the console.
 window.ucb = {
   state: () => JSON.parse(JSON.stringify(app.state)),
-  get epoch() { return app.epoch; },
-  get seq() { return app.seq; },
-  get connection() { return app.conn; },
-  get user() { return { user: app.user, role: app.role }; },
-  get tones() { return [...tones.played]; },
-  get ptt() { return { ...app.ptt }; },
-  units: () => (map ? Object.fromEntries([...map.markers].map(([id, e]) => [id, { status: e.status, lat: e.marker.getLatLng().lat, lon: e.marker.getLatLng().lng }])) : {}),
+  get epoch() {
+    return app.epoch;
+  },
+  get seq() {
+    return app.seq;
+  },
+  get connection() {
+    return app.conn;
+  },
+  get user() {
+    return { user: app.user, role: app.role };
+  },
+  get tones() {
+    return [...tones.played];
+  },
+  get ptt() {
+    return { ...app.ptt };
+  },
+  units: () =>
+    map
+      ? Object.fromEntries(
+          [...map.markers].map(([id, e]) => [
+            id,
+            { status: e.status, lat: e.marker.getLatLng().lat, lon: e.marker.getLatLng().lng },
+          ]),
+        )
+      : {},
 };
 
 function isDispatcher() {
@@ -157,28 +181,62 @@ function describe(e) {
     return alias || unit;
   };
   switch (e.event) {
-    case "room_created": return ["system", `Talkgroup ${e.name} created`];
-    case "room_deleted": return ["system", `Talkgroup ${roomName} removed`];
-    case "recording": return ["system", `Recording ${e.recording ? "started" : "stopped"} on ${roomName}`];
-    case "joined": return ["system", `${e.name || e.participant} joined ${roomName}`];
-    case "left": return ["system", `${who()} left ${roomName}`];
-    case "floor_granted": return ["floor", `Floor granted to ${who()} on ${roomName}${e.call_type && e.call_type !== "normal" ? ` (${e.call_type})` : ""}`];
-    case "floor_idle": return ["floor", `Floor idle on ${roomName}`];
-    case "floor_queued": return ["floor", `${who()} queued #${e.position} on ${roomName}`];
-    case "floor_denied": return ["floor", `Floor denied to ${who()} on ${roomName}`];
-    case "floor_revoked": return ["floor", `Floor revoked from ${who()} on ${roomName}`];
-    case "floor_released": return ["floor", `${who()} released the floor on ${roomName}`];
-    case "emergency_raised": return ["alert", `${(e.alert.call_type || "emergency").toUpperCase()}: ${alertWho(e.alert)} on ${roomName}`];
-    case "emergency_acknowledged": return ["alert", `Alert from ${alertWho(e.alert)} acknowledged by ${e.alert.acknowledged_by || "a dispatcher"}`];
-    case "emergency_cleared": return ["alert", `Alert from ${alertWho(e.alert)} cleared by ${e.alert.cleared_by || "a dispatcher"}`];
-    case "worker_died": return ["system", `Media worker ${e.worker} died; restarting`];
-    case "worker_restarted": return ["system", `Media worker ${e.worker} restarted`];
-    default: return null;
+    case "room_created":
+      return ["system", `Talkgroup ${e.name} created`];
+    case "room_deleted":
+      return ["system", `Talkgroup ${roomName} removed`];
+    case "recording":
+      return ["system", `Recording ${e.recording ? "started" : "stopped"} on ${roomName}`];
+    case "joined":
+      return ["system", `${e.name || e.participant} joined ${roomName}`];
+    case "left":
+      return ["system", `${who()} left ${roomName}`];
+    case "floor_granted":
+      return [
+        "floor",
+        `Floor granted to ${who()} on ${roomName}${e.call_type && e.call_type !== "normal" ? ` (${e.call_type})` : ""}`,
+      ];
+    case "floor_idle":
+      return ["floor", `Floor idle on ${roomName}`];
+    case "floor_queued":
+      return ["floor", `${who()} queued #${e.position} on ${roomName}`];
+    case "floor_denied":
+      return ["floor", `Floor denied to ${who()} on ${roomName}`];
+    case "floor_revoked":
+      return ["floor", `Floor revoked from ${who()} on ${roomName}`];
+    case "floor_released":
+      return ["floor", `${who()} released the floor on ${roomName}`];
+    case "emergency_raised":
+      return [
+        "alert",
+        `${(e.alert.call_type || "emergency").toUpperCase()}: ${alertWho(e.alert)} on ${roomName}`,
+      ];
+    case "emergency_acknowledged":
+      return [
+        "alert",
+        `Alert from ${alertWho(e.alert)} acknowledged by ${e.alert.acknowledged_by || "a dispatcher"}`,
+      ];
+    case "emergency_cleared":
+      return [
+        "alert",
+        `Alert from ${alertWho(e.alert)} cleared by ${e.alert.cleared_by || "a dispatcher"}`,
+      ];
+    case "worker_died":
+      return ["system", `Media worker ${e.worker} died; restarting`];
+    case "worker_restarted":
+      return ["system", `Media worker ${e.worker} restarted`];
+    default:
+      return null;
   }
 }
 
 function alertWho(alert) {
-  const { unit, alias } = displayName(app.state.rooms[alert.room], alert.participant, alert.alias, alert.user_id);
+  const { unit, alias } = displayName(
+    app.state.rooms[alert.room],
+    alert.participant,
+    alert.alias,
+    alert.user_id,
+  );
   return alias || unit;
 }
 
@@ -249,7 +307,12 @@ function resume() {
 // --------------------------------------------------------------- connection
 function setConn(conn) {
   app.conn = conn;
-  const text = { live: "Live", connecting: "Connecting…", resyncing: "Resynchronising…", offline: "Offline — reconnecting" }[conn];
+  const text = {
+    live: "Live",
+    connecting: "Connecting…",
+    resyncing: "Resynchronising…",
+    offline: "Offline — reconnecting",
+  }[conn];
   $("conn").className = `conn conn-${conn}`;
   $("conn-text").textContent = text;
 }
@@ -267,7 +330,8 @@ function connect() {
     if (app.ptt.active) pttRelease();
   });
   rooms.on("connect_error", (err) => {
-    if (AUTH_ERRORS.includes(err.message)) showLogin(err.message === "authentication required" ? "" : `Sign-in failed: ${err.message}`);
+    if (AUTH_ERRORS.includes(err.message))
+      showLogin(err.message === "authentication required" ? "" : `Sign-in failed: ${err.message}`);
     else setConn("offline");
   });
   rooms.onAny(onLiveEvent);
@@ -344,7 +408,12 @@ function act(name, payload) {
 }
 
 function flash(text) {
-  app.log.unshift({ key: `local:${Date.now()}:${Math.random()}`, time: Date.now() / 1000, kind: "alert", text });
+  app.log.unshift({
+    key: `local:${Date.now()}:${Math.random()}`,
+    time: Date.now() / 1000,
+    kind: "alert",
+    text,
+  });
   scheduleRender();
 }
 
@@ -353,7 +422,14 @@ function pttPress() {
   const room = selectedRoom();
   if (app.ptt.active || !room || !mayTalk()) return;
   const options = { ...app.options };
-  app.ptt = { active: true, room: room.id, outcome: "pending", reason: "", position: null, shownUntil: 0 };
+  app.ptt = {
+    active: true,
+    room: room.id,
+    outcome: "pending",
+    reason: "",
+    position: null,
+    shownUntil: 0,
+  };
   tones.ensure();
   renderPtt();
   const payload = { room: room.id };
@@ -383,7 +459,13 @@ function pttPress() {
 }
 
 function setPttOutcome(outcome, reason = "", position = null) {
-  app.ptt = { ...app.ptt, outcome, reason, position, shownUntil: outcome === "denied" ? Date.now() + DENIED_SHOWN_MS : 0 };
+  app.ptt = {
+    ...app.ptt,
+    outcome,
+    reason,
+    position,
+    shownUntil: outcome === "denied" ? Date.now() + DENIED_SHOWN_MS : 0,
+  };
   renderPtt();
   if (outcome === "denied") setTimeout(renderPtt, DENIED_SHOWN_MS + 50);
 }
@@ -401,7 +483,9 @@ function isTyping(target) {
   if (!target || !target.tagName) return false;
   if (target.isContentEditable) return true;
   if (target.tagName === "TEXTAREA") return true;
-  return target.tagName === "INPUT" && !["range", "checkbox", "radio", "button"].includes(target.type);
+  return (
+    target.tagName === "INPUT" && !["range", "checkbox", "radio", "button"].includes(target.type)
+  );
 }
 
 function setupPtt() {
@@ -430,7 +514,10 @@ function setupPtt() {
     pttRelease();
   });
   window.addEventListener("blur", pttRelease);
-  for (const [id, key] of [["opt-override", "override"], ["opt-emergency", "emergency"]]) {
+  for (const [id, key] of [
+    ["opt-override", "override"],
+    ["opt-emergency", "emergency"],
+  ]) {
     $(id).addEventListener("click", () => {
       app.options[key] = !app.options[key];
       renderOptions();
@@ -457,13 +544,18 @@ function renderPtt() {
   button.classList.toggle("pressed", app.ptt.active);
   button.setAttribute("aria-pressed", String(app.ptt.active));
   button.setAttribute("aria-label", room ? `Push to talk on ${room.name}` : "Push to talk");
-  for (const name of ["granted", "queued", "denied"]) button.classList.toggle(name, outcome === name);
-  button.classList.toggle("busy", Boolean(room && room.floor.state !== FloorState.IDLE && !holderIsMe));
+  for (const name of ["granted", "queued", "denied"])
+    button.classList.toggle(name, outcome === name);
+  button.classList.toggle(
+    "busy",
+    Boolean(room && room.floor.state !== FloorState.IDLE && !holderIsMe),
+  );
   status.className = `ptt-status${outcome ? ` s-${outcome}` : ""}`;
   if (!room) status.textContent = "Select a talkgroup to talk";
   else if (!mayTalk()) status.textContent = "Observers listen only";
   else if (outcome === "granted") status.textContent = "Talking — release to end";
-  else if (outcome === "queued") status.textContent = `Queued — position ${app.ptt.position ?? "?"}`;
+  else if (outcome === "queued")
+    status.textContent = `Queued — position ${app.ptt.position ?? "?"}`;
   else if (outcome === "denied") status.textContent = `Denied — ${app.ptt.reason}`;
   else if (outcome === "pending") status.textContent = "Requesting the floor…";
   else if (room.mode === "ptt" && !leg) status.textContent = `You have no leg in ${room.name} yet`;
@@ -504,7 +596,10 @@ function renderIdentity() {
 
 function talkerOf(room) {
   if (room.floor.holder) {
-    return { ...displayName(room, room.floor.holder, room.floor.alias, room.floor.user_id), callType: room.floor.call_type };
+    return {
+      ...displayName(room, room.floor.holder, room.floor.alias, room.floor.user_id),
+      callType: room.floor.call_type,
+    };
   }
   if (room.talking.length) {
     const first = displayName(room, room.talking[0], "");
@@ -516,7 +611,11 @@ function talkerOf(room) {
 
 function renderRooms(roomsList) {
   $("rooms-empty").hidden = roomsList.length > 0;
-  const alerting = new Set(Object.values(app.state.alerts).filter((a) => a.state === AlertState.ACTIVE).map((a) => a.room));
+  const alerting = new Set(
+    Object.values(app.state.alerts)
+      .filter((a) => a.state === AlertState.ACTIVE)
+      .map((a) => a.room),
+  );
   reconcile(
     $("rooms"),
     roomsList,
@@ -537,11 +636,27 @@ function renderRooms(roomsList) {
         scheduleRender();
       });
       select.append(
-        el("span", { class: "room-title" }, el("span", { class: "room-name" }), el("span", { class: "badge room-mode" }), el("span", { class: "badge badge-rec room-rec" }, icon("i-rec"), "REC")),
+        el(
+          "span",
+          { class: "room-title" },
+          el("span", { class: "room-name" }),
+          el("span", { class: "badge room-mode" }),
+          el("span", { class: "badge badge-rec room-rec" }, icon("i-rec"), "REC"),
+        ),
         el("span", { class: "room-meta" }),
-        el("span", { class: "talker" }, el("span", { class: "eq", "aria-hidden": "true" }, el("i"), el("i"), el("i")), el("span", { class: "talker-text" })),
+        el(
+          "span",
+          { class: "talker" },
+          el("span", { class: "eq", "aria-hidden": "true" }, el("i"), el("i"), el("i")),
+          el("span", { class: "talker-text" }),
+        ),
       );
-      return el("li", { class: "room" }, select, el("label", { class: "room-vol" }, icon("i-volume"), volume, output));
+      return el(
+        "li",
+        { class: "room" },
+        select,
+        el("label", { class: "room-vol" }, icon("i-volume"), volume, output),
+      );
     },
     (node, room) => {
       const selected = room.id === app.selected;
@@ -553,21 +668,29 @@ function renderRooms(roomsList) {
       node.classList.toggle("alerting", alerting.has(room.id));
       const select = node.querySelector(".room-select");
       select.setAttribute("aria-pressed", String(selected));
-      select.setAttribute("aria-label", `${room.name}, ${room.mode === "ptt" ? "push-to-talk" : "open"} talkgroup, ${members} members${talker ? `, ${talker.alias || talker.unit} talking` : ""}`);
+      select.setAttribute(
+        "aria-label",
+        `${room.name}, ${room.mode === "ptt" ? "push-to-talk" : "open"} talkgroup, ${members} members${talker ? `, ${talker.alias || talker.unit} talking` : ""}`,
+      );
       node.querySelector(".room-name").textContent = room.name;
       const mode = node.querySelector(".room-mode");
       mode.textContent = room.mode === "ptt" ? "PTT" : "Open";
       mode.classList.toggle("badge-ptt", room.mode === "ptt");
       node.querySelector(".room-rec").hidden = !room.record;
-      node.querySelector(".room-meta").textContent = `${members} member${members === 1 ? "" : "s"}` + (queued ? ` · ${queued} queued` : "") + (room.floor.state === FloorState.REVOKING ? " · revoking" : "");
+      node.querySelector(".room-meta").textContent =
+        `${members} member${members === 1 ? "" : "s"}` +
+        (queued ? ` · ${queued} queued` : "") +
+        (room.floor.state === FloorState.REVOKING ? " · revoking" : "");
       const talkerNode = node.querySelector(".talker");
       talkerNode.classList.toggle("on", Boolean(talker));
       const text = node.querySelector(".talker-text");
       text.replaceChildren();
       if (talker) {
+        if (talker.alias)
+          text.append(el("span", { class: "talker-alias", text: talker.alias }), " ");
         text.append(el("span", { class: "talker-unit mono", text: talker.unit }));
-        if (talker.alias) text.append(" ", el("span", { class: "talker-alias", text: talker.alias }));
-        if (talker.callType && talker.callType !== "normal") text.append(" ", el("span", { class: "tag tag-queued", text: talker.callType }));
+        if (talker.callType && talker.callType !== "normal")
+          text.append(" ", el("span", { class: "tag tag-emergency", text: talker.callType }));
       } else {
         text.textContent = room.mode === "ptt" ? "Floor idle" : "Quiet";
       }
@@ -604,23 +727,56 @@ function renderDetail() {
     record.textContent = room.record ? "Stop recording" : "Record";
     record.onclick = () => act("recording", { room: room.id, recording: !room.record });
   }
-  const participants = room ? Object.values(room.participants).sort((a, b) => (a.name || a.id).localeCompare(b.name || b.id)) : [];
+  const participants = room
+    ? Object.values(room.participants).sort((a, b) =>
+        (a.name || a.id).localeCompare(b.name || b.id),
+      )
+    : [];
   $("participants-empty").hidden = participants.length > 0;
   reconcile(
     $("participants"),
     participants,
     (p) => `${room.id}/${p.id}`,
-    () => el("tr", {}, el("td", { class: "c-kind" }), el("td", { class: "c-unit" }), el("td", { class: "c-status" }), el("td", { class: "c-actions dispatcher-only" })),
+    () =>
+      el(
+        "tr",
+        {},
+        el("td", { class: "c-kind" }),
+        el("td", { class: "c-unit" }),
+        el("td", { class: "c-status" }),
+        el("td", { class: "c-actions dispatcher-only" }),
+      ),
     (row, p) => {
       const kind = KIND[p.kind] || { icon: "i-rtp", label: p.kind };
       row.classList.toggle("is-holder", room.floor.holder === p.id);
-      row.querySelector(".c-kind").replaceChildren(el("span", { class: "kind", title: kind.label }, icon(kind.icon), el("span", { class: "sr-only", text: kind.label })));
+      row
+        .querySelector(".c-kind")
+        .replaceChildren(
+          el(
+            "span",
+            { class: "kind", title: kind.label },
+            icon(kind.icon),
+            el("span", { class: "sr-only", text: kind.label }),
+          ),
+        );
       const unitId = (room.floor.holder === p.id && room.floor.user_id) || p.id;
-      row.querySelector(".c-unit").replaceChildren(
-        el("div", { class: "unit-name", text: p.alias || p.name || p.id }),
-        el("div", { class: "unit-alias mono", text: unitId }),
-      );
-      row.querySelector(".c-status").replaceChildren(el("span", { class: "chips" }, ...participantStatus(room, p).map(([cls, text]) => el("span", { class: `tag ${cls}`, text }))));
+      row
+        .querySelector(".c-unit")
+        .replaceChildren(
+          el("div", { class: "unit-name", text: p.alias || p.name || p.id }),
+          el("div", { class: "unit-alias mono", text: unitId }),
+        );
+      row
+        .querySelector(".c-status")
+        .replaceChildren(
+          el(
+            "span",
+            { class: "chips" },
+            ...participantStatus(room, p).map(([cls, text]) =>
+              el("span", { class: `tag ${cls}`, text }),
+            ),
+          ),
+        );
       const actions = row.querySelector(".c-actions");
       if (!isDispatcher()) {
         actions.replaceChildren();
@@ -629,16 +785,64 @@ function renderDetail() {
       const label = p.name || p.id;
       const buttons = [];
       if (room.mode === "ptt") {
-        buttons.push(el("button", { type: "button", class: "btn", text: "Grant", "aria-label": `Grant the floor to ${label}`, disabled: room.floor.holder === p.id, onclick: () => act("floor_grant", { room: room.id, participant: p.id }) }));
-        buttons.push(el("button", { type: "button", class: "btn", text: p.receive_only ? "Allow talk" : "Listen only", "aria-label": `${p.receive_only ? "Allow" : "Stop"} ${label} talking`, onclick: () => act("receive_only", { room: room.id, participant: p.id, receive_only: !p.receive_only }) }));
+        buttons.push(
+          el("button", {
+            type: "button",
+            class: "btn",
+            text: "Grant",
+            "aria-label": `Grant the floor to ${label}`,
+            disabled: room.floor.holder === p.id,
+            onclick: () => act("floor_grant", { room: room.id, participant: p.id }),
+          }),
+        );
+        buttons.push(
+          el("button", {
+            type: "button",
+            class: "btn",
+            text: p.receive_only ? "Allow talk" : "RX only",
+            title: p.receive_only
+              ? "Let this unit request the floor again"
+              : "Receive only: this unit may listen but not talk",
+            "aria-label": `${p.receive_only ? "Allow" : "Stop"} ${label} talking`,
+            onclick: () =>
+              act("receive_only", {
+                room: room.id,
+                participant: p.id,
+                receive_only: !p.receive_only,
+              }),
+          }),
+        );
       }
-      buttons.push(el("button", { type: "button", class: "btn", text: p.muted ? "Unmute" : "Mute", "aria-label": `${p.muted ? "Unmute" : "Mute"} ${label}`, onclick: () => act("participant_patch", { room: room.id, participant: p.id, muted: !p.muted }) }));
-      buttons.push(el("button", { type: "button", class: "btn btn-danger", text: "Remove", "aria-label": `Remove ${label} from ${room.name}`, onclick: () => act("kick", { room: room.id, participant: p.id }) }));
+      buttons.push(
+        el("button", {
+          type: "button",
+          class: "btn",
+          text: p.muted ? "Unmute" : "Mute",
+          "aria-label": `${p.muted ? "Unmute" : "Mute"} ${label}`,
+          onclick: () =>
+            act("participant_patch", { room: room.id, participant: p.id, muted: !p.muted }),
+        }),
+      );
+      buttons.push(
+        el("button", {
+          type: "button",
+          class: "btn btn-danger",
+          text: "✕",
+          title: "Remove from the talkgroup",
+          "aria-label": `Remove ${label} from ${room.name}`,
+          onclick: () => act("kick", { room: room.id, participant: p.id }),
+        }),
+      );
       const wrap = actions.firstChild;
-      const focused = wrap && wrap.contains(document.activeElement) ? document.activeElement.getAttribute("aria-label") : null;
+      const focused =
+        wrap && wrap.contains(document.activeElement)
+          ? document.activeElement.getAttribute("aria-label")
+          : null;
       actions.replaceChildren(el("div", { class: "row-actions" }, ...buttons));
       if (focused) {
-        const again = [...actions.querySelectorAll("button")].find((b) => b.getAttribute("aria-label") === focused);
+        const again = [...actions.querySelectorAll("button")].find(
+          (b) => b.getAttribute("aria-label") === focused,
+        );
         if (again) again.focus();
       }
     },
@@ -661,12 +865,19 @@ function renderFloor(room) {
   const floor = room.floor;
   const emergency = floor.call_type === "emergency" || floor.call_type === "imminent-peril";
   state.className = `floor-state floor-${floor.state}${floor.state !== FloorState.IDLE && emergency ? " floor-emergency" : ""}`;
-  state.textContent = room.mode !== "ptt" ? "Open talk" : { idle: "Idle", taken: "Taken", revoking: "Revoking" }[floor.state] || floor.state;
+  state.textContent =
+    room.mode !== "ptt"
+      ? "Open talk"
+      : { idle: "Idle", taken: "Taken", revoking: "Revoking" }[floor.state] || floor.state;
   holder.replaceChildren();
   if (floor.holder) {
     const { unit, alias } = displayName(room, floor.holder, floor.alias, floor.user_id);
-    holder.append(el("strong", { text: alias || unit }), el("div", { class: "muted mono small", text: alias ? unit : "" }));
-    if (floor.call_type !== "normal") holder.append(el("span", { class: "tag tag-muted", text: floor.call_type }));
+    holder.append(
+      el("strong", { text: alias || unit }),
+      el("div", { class: "muted mono small", text: alias ? unit : "" }),
+    );
+    if (floor.call_type !== "normal")
+      holder.append(el("span", { class: "tag tag-emergency", text: floor.call_type }));
   }
   reconcile(
     $("floor-queue"),
@@ -676,7 +887,8 @@ function renderFloor(room) {
     (li, q) => {
       const { unit, alias } = displayName(room, q.participant, q.alias, q.user_id);
       li.textContent = alias ? `${alias} (${unit})` : unit;
-      if (q.call_type !== "normal") li.append(" ", el("span", { class: "tag tag-muted", text: q.call_type }));
+      if (q.call_type !== "normal")
+        li.append(" ", el("span", { class: "tag tag-emergency", text: q.call_type }));
     },
   );
   $("floor-queue-empty").hidden = floor.queue.length > 0;
@@ -699,18 +911,46 @@ function renderAlerts() {
       const room = app.state.rooms[a.room];
       const { unit, alias } = displayName(room, a.participant, a.alias, a.user_id);
       li.classList.toggle("acknowledged", a.state === AlertState.ACKNOWLEDGED);
-      li.setAttribute("aria-label", `${a.call_type} alert from ${alias || unit} on ${room ? room.name : a.room}, ${a.state}`);
+      li.setAttribute(
+        "aria-label",
+        `${a.call_type} alert from ${alias || unit} on ${room ? room.name : a.room}, ${a.state}`,
+      );
       const sub = `${room ? room.name : a.room} · ${a.raised ? clockTime(a.raised) : ""} · ${a.state === AlertState.ACKNOWLEDGED ? `acknowledged${a.acknowledged_by ? ` by ${a.acknowledged_by}` : ""}` : a.call_type.toUpperCase()}`;
-      const body = el("div", {}, el("div", { class: "alert-title", text: alias ? `${alias} · ${unit}` : unit }), el("div", { class: "alert-sub", text: sub }));
+      const body = el(
+        "div",
+        {},
+        el("div", { class: "alert-title", text: alias ? `${alias} · ${unit}` : unit }),
+        el("div", { class: "alert-sub", text: sub }),
+      );
       const actions = el("div", { class: "alert-actions dispatcher-only" });
       if (a.state === AlertState.ACTIVE) {
-        actions.append(el("button", { type: "button", class: "btn btn-danger btn-small", text: "Acknowledge", "aria-label": `Acknowledge the alert from ${alias || unit}`, onclick: () => act("emergency_ack", { alert: a.id }) }));
+        actions.append(
+          el("button", {
+            type: "button",
+            class: "btn btn-danger btn-small",
+            text: "Acknowledge",
+            "aria-label": `Acknowledge the alert from ${alias || unit}`,
+            onclick: () => act("emergency_ack", { alert: a.id }),
+          }),
+        );
       }
-      actions.append(el("button", { type: "button", class: "btn btn-small", text: "Clear", "aria-label": `Clear the alert from ${alias || unit}`, onclick: () => act("emergency_clear", { alert: a.id }) }));
-      const focused = li.contains(document.activeElement) ? document.activeElement.textContent : null;
+      actions.append(
+        el("button", {
+          type: "button",
+          class: "btn btn-small",
+          text: "Clear",
+          "aria-label": `Clear the alert from ${alias || unit}`,
+          onclick: () => act("emergency_clear", { alert: a.id }),
+        }),
+      );
+      const focused = li.contains(document.activeElement)
+        ? document.activeElement.textContent
+        : null;
       li.replaceChildren(icon("i-alert"), body, actions);
       if (focused) {
-        const again = [...actions.querySelectorAll("button")].find((b) => b.textContent === focused) || actions.querySelector("button");
+        const again =
+          [...actions.querySelectorAll("button")].find((b) => b.textContent === focused) ||
+          actions.querySelector("button");
         if (again) again.focus();
       }
     },
@@ -722,7 +962,13 @@ function renderLog() {
     $("log"),
     app.log,
     (line) => line.key,
-    (line) => el("li", { class: `ev-${line.kind}` }, el("time", { text: clockTime(line.time) }), el("span", { text: line.text })),
+    (line) =>
+      el(
+        "li",
+        { class: `ev-${line.kind}` },
+        el("time", { text: clockTime(line.time) }),
+        el("span", { text: line.text }),
+      ),
     () => {},
   );
   $("seq-info").textContent = app.epoch ? `seq ${app.seq}` : "";
@@ -732,27 +978,35 @@ function renderStats(roomsList) {
   $("stat-rooms").textContent = String(roomsList.length);
   $("stat-units").textContent = String(map ? map.markers.size : 0);
   $("stat-talking").textContent = String(roomsList.filter((r) => talkerOf(r)).length);
-  const alerts = Object.values(app.state.alerts).filter((a) => a.state === AlertState.ACTIVE).length;
+  const alerts = Object.values(app.state.alerts).filter(
+    (a) => a.state === AlertState.ACTIVE,
+  ).length;
   $("stat-alerts").textContent = String(alerts);
   $("stat-alerts-wrap").classList.toggle("active", alerts > 0);
 }
 
 function renderMapHighlight() {
   if (!map) return;
-  const ids = [];
-  const aliases = [];
+  const talking = { ids: [], aliases: [] };
+  const alarm = { ids: [], aliases: [] };
+  const add = (into, room, id, alias, userId) => {
+    if (!id) return;
+    const p = room ? room.participants[id] : null;
+    into.ids.push(...[id, userId, p && p.name].filter(Boolean));
+    into.aliases.push(...[alias, p && p.alias, p && p.name].filter(Boolean));
+  };
   for (const room of Object.values(app.state.rooms)) {
-    for (const id of [room.floor.holder, ...room.talking]) {
-      if (!id) continue;
-      ids.push(id);
-      const p = room.participants[id];
-      if (p && p.name) ids.push(p.name);
-      if (p && p.alias) aliases.push(p.alias);
-    }
-    if (room.floor.alias) aliases.push(room.floor.alias);
-    if (room.floor.user_id) ids.push(room.floor.user_id);
+    add(talking, room, room.floor.holder, room.floor.alias, room.floor.user_id);
+    for (const id of room.talking) add(talking, room, id, "", "");
   }
-  map.setHighlight(ids, aliases);
+  // A unit stays in alarm until its alert is cleared, acknowledged or not.
+  for (const alert of Object.values(app.state.alerts)) {
+    add(alarm, app.state.rooms[alert.room], alert.participant, alert.alias, alert.user_id);
+  }
+  map.setHighlight(
+    { ids: [...new Set(talking.ids)], aliases: [...new Set(talking.aliases)] },
+    { ids: [...new Set(alarm.ids)], aliases: [...new Set(alarm.aliases)] },
+  );
 }
 
 // ----------------------------------------------------------------- recordings
@@ -774,15 +1028,33 @@ async function loadRecordings() {
     app.recordings,
     (r) => r.id,
     (r) => {
-      const play = el("button", { type: "button", class: "btn", "aria-label": `Play the recording of ${r.room} from ${r.started || "unknown time"}` }, icon("i-play"));
+      const play = el(
+        "button",
+        {
+          type: "button",
+          class: "btn",
+          "aria-label": `Play the recording of ${r.room} from ${r.started || "unknown time"}`,
+        },
+        icon("i-play"),
+      );
       play.addEventListener("click", () => playRecording(r));
-      return el("li", {}, play, el("div", {}, el("div", { class: "rec-room" }), el("div", { class: "rec-when" })), el("span", { class: "rec-len mono small" }));
+      return el(
+        "li",
+        {},
+        play,
+        el("div", {}, el("div", { class: "rec-room" }), el("div", { class: "rec-when" })),
+        el("span", { class: "rec-len mono small" }),
+      );
     },
     (li, r) => {
       li.classList.toggle("playing", app.playing === r.id);
       li.querySelector(".rec-room").textContent = r.room;
-      li.querySelector(".rec-when").textContent = r.started ? new Date(r.started).toLocaleString() : "—";
-      li.querySelector(".rec-len").textContent = r.duration_s ? `${Math.floor(r.duration_s / 60)}:${String(Math.round(r.duration_s % 60)).padStart(2, "0")}` : "…";
+      li.querySelector(".rec-when").textContent = r.started
+        ? new Date(r.started).toLocaleString()
+        : "—";
+      li.querySelector(".rec-len").textContent = r.duration_s
+        ? `${Math.floor(r.duration_s / 60)}:${String(Math.round(r.duration_s % 60)).padStart(2, "0")}`
+        : "…";
     },
   );
 }
@@ -791,7 +1063,8 @@ async function playRecording(recording) {
   app.playing = recording.id;
   const audio = $("audio");
   $("player").hidden = false;
-  $("player-title").textContent = `${recording.room} · ${recording.started ? new Date(recording.started).toLocaleString() : ""}`;
+  $("player-title").textContent =
+    `${recording.room} · ${recording.started ? new Date(recording.started).toLocaleString() : ""}`;
   const [file, bursts] = await Promise.all([
     api(`/api/recordings/${encodeURIComponent(recording.id)}`),
     recording.has_bursts ? api(`/api/recordings/${encodeURIComponent(recording.id)}/bursts`) : null,
@@ -802,7 +1075,13 @@ async function playRecording(recording) {
   }
   if (audio.src) URL.revokeObjectURL(audio.src);
   audio.src = URL.createObjectURL(await file.blob());
-  const lines = bursts && bursts.ok ? (await bursts.text()).split("\n").filter(Boolean).map((line) => JSON.parse(line)) : [];
+  const lines =
+    bursts && bursts.ok
+      ? (await bursts.text())
+          .split("\n")
+          .filter(Boolean)
+          .map((line) => JSON.parse(line))
+      : [];
   drawTimeline(lines, recording.duration_s || Math.max(1, ...lines.map((b) => b.end_offset_s)));
   audio.play().catch(() => {});
   loadRecordings();
@@ -819,7 +1098,10 @@ function drawTimeline(bursts, duration) {
     const x = (burst.start_offset_s / duration) * width;
     rect.setAttribute("x", String(x));
     rect.setAttribute("y", "4");
-    rect.setAttribute("width", String(Math.max(2, ((burst.end_offset_s - burst.start_offset_s) / duration) * width)));
+    rect.setAttribute(
+      "width",
+      String(Math.max(2, ((burst.end_offset_s - burst.start_offset_s) / duration) * width)),
+    );
     rect.setAttribute("height", "18");
     rect.setAttribute("class", `burst ${burst.call_type || ""}`);
     const title = document.createElementNS(ns, "title");
@@ -840,7 +1122,10 @@ function drawTimeline(bursts, duration) {
     cursor.setAttribute("x1", x);
     cursor.setAttribute("x2", x);
   };
-  svg.setAttribute("aria-label", `${bursts.length} talk burst${bursts.length === 1 ? "" : "s"} in ${duration.toFixed(0)} s`);
+  svg.setAttribute(
+    "aria-label",
+    `${bursts.length} talk burst${bursts.length === 1 ? "" : "s"} in ${duration.toFixed(0)} s`,
+  );
 }
 
 // ----------------------------------------------------------------------- boot

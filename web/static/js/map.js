@@ -8,6 +8,7 @@ const GRATICULE_STEPS = [
   30, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001, 0.0005, 0.0002, 0.0001,
 ];
 const LINES_PER_TILE = 3;
+const LABEL_HEIGHT_PX = 14;
 const FIT_MAX_ZOOM = 16;
 const FIT_PADDING_PX = 48;
 
@@ -55,7 +56,8 @@ const Graticule = L.GridLayer.extend({
       ctx.moveTo(x, 0);
       ctx.lineTo(x, size.y);
       ctx.stroke();
-      ctx.fillText(formatDegrees(lon, step, "E", "W"), x + 3, size.y - 4);
+      const label = formatDegrees(lon, step, "E", "W");
+      if (x + 3 + ctx.measureText(label).width < size.x) ctx.fillText(label, x + 3, size.y - 4);
     }
     for (let lat = Math.ceil(southEast.lat / step) * step; lat <= northWest.lat; lat += step) {
       const y = Math.round(map.project([lat, northWest.lng], coords.z).y - nw.y) + 0.5;
@@ -63,7 +65,9 @@ const Graticule = L.GridLayer.extend({
       ctx.moveTo(0, y);
       ctx.lineTo(size.x, y);
       ctx.stroke();
-      ctx.fillText(formatDegrees(lat, step, "N", "S"), 3, y - 3);
+      if (y > LABEL_HEIGHT_PX && y < size.y - LABEL_HEIGHT_PX) {
+        ctx.fillText(formatDegrees(lat, step, "N", "S"), 3, y - 3);
+      }
     }
     return tile;
   },
@@ -99,6 +103,7 @@ export class UnitMap {
     this.markers = new Map();
     this.features = new Map();
     this.highlight = { ids: new Set(), aliases: new Set() };
+    this.alarm = { ids: new Set(), aliases: new Set() };
     this.fitted = false;
     this.onSelect = null;
     const FitControl = L.Control.extend({
@@ -123,6 +128,8 @@ export class UnitMap {
   statusOf(feature) {
     const p = feature.properties;
     if (p.status === "emergency" || p.status === "imminent-peril") return p.status;
+    if (this.alarm.ids.has(p.unit) || (p.alias && this.alarm.aliases.has(p.alias)))
+      return "emergency";
     if (
       p.status === "talking" ||
       this.highlight.ids.has(p.unit) ||
@@ -152,7 +159,10 @@ export class UnitMap {
     ];
     if (p.room) rows.push(`room ${escapeHtml(p.room)}`);
     if (p.speed !== null && p.speed !== undefined) {
-      rows.push(`${(p.speed * 3.6).toFixed(0)} km/h` + (p.heading !== null ? ` · ${p.heading.toFixed(0)}°` : ""));
+      rows.push(
+        `${(p.speed * 3.6).toFixed(0)} km/h` +
+          (p.heading !== null ? ` · ${p.heading.toFixed(0)}°` : ""),
+      );
     }
     if (p.accuracy !== null && p.accuracy !== undefined) rows.push(`±${p.accuracy.toFixed(0)} m`);
     rows.push(`<span class="muted">${escapeHtml(p.time)}</span>`);
@@ -209,15 +219,31 @@ export class UnitMap {
     if (!this.fitted && this.markers.size) this.fit(false);
   }
 
-  setHighlight(ids, aliases) {
-    this.highlight = { ids: new Set(ids), aliases: new Set(aliases) };
+  // Units matching talkers (by unit id or alias) are highlighted; those matching an active
+  // emergency alert are shown in alarm.
+  setHighlight(talking, alarm) {
+    const same = (a, b) => a.size === b.length && b.every((x) => a.has(x));
+    if (
+      same(this.highlight.ids, talking.ids) &&
+      same(this.highlight.aliases, talking.aliases) &&
+      same(this.alarm.ids, alarm.ids) &&
+      same(this.alarm.aliases, alarm.aliases)
+    ) {
+      return;
+    }
+    this.highlight = { ids: new Set(talking.ids), aliases: new Set(talking.aliases) };
+    this.alarm = { ids: new Set(alarm.ids), aliases: new Set(alarm.aliases) };
     for (const feature of this.features.values()) this.upsert(feature);
   }
 
   fit(animate) {
     if (!this.markers.size) return;
     const bounds = L.latLngBounds([...this.markers.values()].map((e) => e.marker.getLatLng()));
-    this.map.fitBounds(bounds, { padding: [FIT_PADDING_PX, FIT_PADDING_PX], maxZoom: FIT_MAX_ZOOM, animate });
+    this.map.fitBounds(bounds, {
+      padding: [FIT_PADDING_PX, FIT_PADDING_PX],
+      maxZoom: FIT_MAX_ZOOM,
+      animate,
+    });
     this.fitted = true;
   }
 

@@ -192,15 +192,3 @@ const HANDLERS = {
     if (e.alert && typeof e.alert === "object") delete s.alerts[String(e.alert.id)];
   },
 };
-  },
-  emergency_acknowledged(s, roomId, e) {
-    const alert = s.alerts[String(e.alert)];
-    if (alert) {
-      alert.state = AlertState.ACKNOWLEDGED;
-      alert.acknowledged_by = given(e.by) ? e.by : null;
-    }
-  },
-  emergency_cleared(s, roomId, e) {
-    delete s.alerts[String(e.alert)];
-  },
-};
