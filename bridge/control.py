@@ -411,7 +411,16 @@ class Control:
         except WorkerError:
             await self.store.delete_room(room.id)
             raise
-        self.publish({"event": "room_created", "room": room.id, "name": name})
+        self.publish(
+            {
+                "event": "room_created",
+                "room": room.id,
+                "name": name,
+                "mode": str(mode),
+                "record": record,
+                "worker": room.worker,
+            }
+        )
         return room
 
     async def delete_room(self, name_or_id: str) -> None:
@@ -479,6 +488,16 @@ class Control:
         await self.store.put_participant(participant)
         await self._running_command(
             room.worker, "set_leg", participant=participant_id, gain=gain, muted=muted
+        )
+        self.publish(
+            {
+                "event": "participant_updated",
+                "room": room.id,
+                "participant": participant_id,
+                "gain": participant.gain,
+                "muted": participant.muted,
+                "receive_only": participant.receive_only,
+            }
         )
         return participant
 

@@ -140,10 +140,21 @@ class FloorHub:
         priority: int | None = None,
         call_type: CallType = CallType.NORMAL,
         location: object | None = None,
+        vouched: bool = False,
     ) -> dict[str, Any]:
-        """A floor request; returns the participant's outcome (granted/queued/denied)."""
+        """A floor request; returns the participant's outcome (granted/queued/denied).
+
+        A request asks for at most the priority negotiated at join (TS 24.380 §6.2.1).
+        ``vouched`` requests come from the control process, which has authenticated the
+        user and chosen the priority by role (a dispatcher above an officer): they may
+        raise the participant's negotiated priority to what they ask.
+        """
         room = self.room_of(participant)
-        messages = self.server(room).request(
+        server = self.server(room)
+        if vouched and priority is not None:
+            member = server.participant(participant)
+            member.priority = max(member.priority, priority)
+        messages = server.request(
             participant, priority=priority, call_type=call_type, location=location
         )
         self._deliver(room, messages)

@@ -347,6 +347,7 @@ class MediaWorker:
         return self.floor.request(
             message["participant"],
             priority=message.get("priority"),
+            vouched=True,
             call_type=CallType[message.get("call_type", "normal").upper().replace("-", "_")],
         )
 

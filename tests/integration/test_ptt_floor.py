@@ -159,3 +159,26 @@ def test_a_recorded_ptt_room_indexes_bursts_from_floor_grant_to_release(server: 
     finally:
         for leg in legs.values():
             leg.close()
+
+
+def test_a_vouched_dispatcher_priority_queues_ahead_without_cutting_off(server: Server) -> None:
+    """The control process vouches for a dispatcher's priority (above an officer's)."""
+    server.ok("POST", "/api/rooms", {"name": "tg1", "mode": "ptt"})
+    legs = {n: RtpLeg() for n in ("officer1", "officer2", "dispatcher")}
+    try:
+        ids = {n: join(server, legs[n], n, priority=100) for n in legs}
+        assert floor(server, action="request", participant=ids["officer1"])["result"] == "granted"
+        assert floor(server, action="request", participant=ids["officer2"], priority=100) == {
+            "result": "queued",
+            "position": 1,
+        }
+        assert floor(server, action="request", participant=ids["dispatcher"], priority=200) == {
+            "result": "queued",
+            "position": 1,
+        }
+        state = server.get("/api/rooms/tg1/floor")
+        assert state["holder"] == ids["officer1"]
+        assert state["queue"] == [ids["dispatcher"], ids["officer2"]]
+    finally:
+        for leg in legs.values():
+            leg.close()
