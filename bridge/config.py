@@ -58,6 +58,9 @@ class MediaConfig(_Section):
     receive_buffer_bytes: int = Field(default=8 * 1024 * 1024, ge=65536)
     #: Pin worker i to this CPU list entry (``[0]`` pins every worker to CPU 0).
     pin_cpus: list[int] = Field(default_factory=list)
+    #: Nice value media workers ask for (negative: ahead of the control plane on a shared
+    #: core); needs CAP_SYS_NICE, and without it the worker runs at the default priority.
+    worker_nice: int = Field(default=-10, ge=-20, le=19)
     #: Worker i serves MCPT floor control (TS 24.380) on ``floor_port_base + i``.
     floor_port_base: Port = 42000
     #: Gateways that run inside each media worker, by module (see bridge.workerplugin).

@@ -508,6 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     cpus = config.media.pin_cpus
     if cpus:
         os.sched_setaffinity(0, {cpus[index % len(cpus)]})
+    _raise_priority(config.media.worker_nice)
     worker = MediaWorker(config, index, channel)
 
     def _terminate(signum: int, frame: object) -> None:
@@ -519,6 +520,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     worker.run()
     return 0
+
+
+def _raise_priority(nice: int) -> None:
+    """Run the tick ahead of the control plane and the recorder on a shared core."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except PermissionError:
+        logger.warning("cannot set nice %d (needs CAP_SYS_NICE); running at default", nice)
 
 
 def _wait_for_index(channel: WorkerEnd) -> int | None:

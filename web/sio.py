@@ -65,7 +65,7 @@ PRESENCE_NAMESPACE = "/presence"
 #: The socket.io room every resumed console of ``/rooms`` is in.
 LIVE = "live"
 #: Per-console presence updates per second (the issue asks for 2-4 Hz).
-PRESENCE_RATE_HZ = 3.0
+PRESENCE_RATE_HZ = 4.0
 #: Fields of worker events that mean nothing outside the worker.
 _WORKER_FIELDS = frozenset({"t_ns", "t"})
 
