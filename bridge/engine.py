@@ -209,6 +209,10 @@ class AudioEngine:
         self.jitter = JitterArray(capacity, payload_size=PAYLOAD_SIZE)
         self.mixer = Mixer(capacity, frame_samples=self.room_frame)
         self._topology_dirty = False
+        # Each room's topology is rebuilt only when that room changed: a join into one room
+        # of a hundred does not walk the other ninety-nine.
+        self._topologies: dict[str, RoomTopology] = {}
+        self._stale_rooms: set[str] = set()
 
         # Resampler banks by (in rate, out rate), three rows per slot: rooms' shared mixes
         # [0, capacity), legs' own N-1 mixes [capacity, 2 capacity), legs' input streams
@@ -239,7 +243,7 @@ class AudioEngine:
         if room_id in self.rooms:
             room = self.rooms[room_id]
             room.mode, room.record = mode, record
-            self._topology_dirty = True
+            self._stale(room_id)
             return room
         if self._free_room_indexes:
             index = self._free_room_indexes.pop()
@@ -249,7 +253,7 @@ class AudioEngine:
         room = RoomState(id=room_id, name=name, index=index, mode=mode, record=record)
         self.rooms[room_id] = room
         self._room_by_index[index] = room
-        self._topology_dirty = True
+        self._stale(room_id)
         return room
 
     def remove_room(self, room_id: str) -> None:
@@ -260,7 +264,7 @@ class AudioEngine:
             self.remove_leg(participant)
         del self._room_by_index[room.index]
         self._free_room_indexes.append(room.index)
-        self._topology_dirty = True
+        self._stale(room_id)
 
     def set_record(self, room_id: str, record: bool) -> None:
         self._room(room_id).record = record
@@ -282,7 +286,7 @@ class AudioEngine:
         """Give the floor of a ``ptt`` room to a participant (None: the floor is idle)."""
         room = self._room(room_id)
         room.holder = self.legs[participant].slot if participant is not None else -1
-        self._topology_dirty = True
+        self._stale(room_id)
 
     def _room(self, room_id: str) -> RoomState:
         try:
@@ -337,7 +341,7 @@ class AudioEngine:
         self.jitter.open(slot, codec.clock_rate, codec.rtp_timestamp_step)
         self.mixer.detector.reset(slot)
         self._rebuild_demux()
-        self._topology_dirty = True
+        self._stale(spec.room)
         return leg
 
     def remove_leg(self, participant: str) -> None:
@@ -362,7 +366,7 @@ class AudioEngine:
         self.mixer.detector.reset(slot)
         self._free_slots.append(slot)
         self._rebuild_demux()
-        self._topology_dirty = True
+        self._stale(leg.spec.room)
 
     def set_leg(
         self, participant: str, *, gain: float | None = None, muted: bool | None = None
@@ -372,7 +376,7 @@ class AudioEngine:
             leg.spec.gain = gain
         if muted is not None:
             leg.spec.muted = muted
-        self._topology_dirty = True
+        self._stale(leg.spec.room)
 
     def leg_stats(self, participant: str) -> dict[str, Any]:
         leg = self.legs[participant]
@@ -400,34 +404,31 @@ class AudioEngine:
         self._keys = keys[order]
         self._key_slots = slots[order]
 
+    def _stale(self, room_id: str) -> None:
+        self._stale_rooms.add(room_id)
+        self._topology_dirty = True
+
+    def _room_topology(self, room: RoomState) -> RoomTopology:
+        legs = list(room.legs.values())
+        return RoomTopology(
+            room=room.index,
+            mode=room.mode,
+            legs=np.fromiter((leg.slot for leg in legs), dtype=np.intp, count=len(legs)),
+            listens=np.ones(len(legs), dtype=np.bool_),
+            talks=np.fromiter((not leg.spec.muted for leg in legs), np.bool_, count=len(legs)),
+            gain=np.fromiter((leg.spec.gain for leg in legs), np.float32, count=len(legs)),
+            holder=room.holder,
+        )
+
     def _topology(self) -> list[RoomTopology]:
-        rooms = []
-        for room in self.rooms.values():
-            legs = np.fromiter(
-                (leg.slot for leg in room.legs.values()), dtype=np.intp, count=len(room.legs)
-            )
-            talks = np.fromiter(
-                (not leg.spec.muted for leg in room.legs.values()),
-                dtype=np.bool_,
-                count=len(room.legs),
-            )
-            gain = np.fromiter(
-                (leg.spec.gain for leg in room.legs.values()),
-                dtype=np.float32,
-                count=len(room.legs),
-            )
-            rooms.append(
-                RoomTopology(
-                    room=room.index,
-                    mode=room.mode,
-                    legs=legs,
-                    listens=np.ones(len(legs), dtype=np.bool_),
-                    talks=talks,
-                    gain=gain,
-                    holder=room.holder,
-                )
-            )
-        return rooms
+        for room_id in self._stale_rooms:
+            room = self.rooms.get(room_id)
+            if room is None:
+                self._topologies.pop(room_id, None)
+            else:
+                self._topologies[room_id] = self._room_topology(room)
+        self._stale_rooms.clear()
+        return list(self._topologies.values())
 
     # ------------------------------------------------------------------- tick
     def tick(self) -> TickTimes:
