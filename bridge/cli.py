@@ -3,6 +3,7 @@
 ``ucbridge serve`` starts the control process (this one: the aiohttp app), the media
 workers and the recorder, and stops them all together on SIGINT or SIGTERM.
 ``ucbridge token`` issues a signed token for a user and role.
+``ucbridge handset`` simulates LTE PTT handsets (see ``ucbridge handset --help``).
 """
 
 from __future__ import annotations
@@ -131,10 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     token.add_argument("--ttl", type=int, help="lifetime in seconds")
 
-    args = parser.parse_args(argv)
+    # The simulator parses its own options (``ucbridge handset --help``), so that the other
+    # commands never import it.
+    sub.add_parser("handset", help="simulate LTE PTT handsets on a talkgroup", add_help=False)
+
+    args, extra = parser.parse_known_args(argv)
+    if args.command != "handset" and extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if args.command == "handset":
+        from bridge.gateways.trunking.handset import main as handset_main
+
+        return handset_main(extra)
     try:
         config = _load(args)
         if args.command == "serve":

@@ -64,7 +64,9 @@ class MediaConfig(_Section):
     #: Worker i serves MCPT floor control (TS 24.380) on ``floor_port_base + i``.
     floor_port_base: Port = 42000
     #: Gateways that run inside each media worker, by module (see bridge.workerplugin).
-    worker_plugins: list[str] = Field(default_factory=list)
+    worker_plugins: list[str] = Field(
+        default_factory=lambda: ["bridge.gateways.trunking.floorport"]
+    )
 
 
 class RecordingConfig(_Section):
