@@ -45,6 +45,12 @@ HTTP_UNAVAILABLE: Final = 503
 LEG_PORT_FIRST: Final = 10000
 LEG_PORT_LAST: Final = 20000
 PROC_CPUINFO: Final = Path("/proc/cpuinfo")
+PROC_STAT: Final = Path("/proc/stat")
+#: /proc/stat's cpu line: user nice system idle iowait irq softirq steal (then guest time,
+#: which user already holds). Idle and iowait are the columns at 3 and 4.
+_STAT_COLUMNS: Final = 8
+_IDLE_COLUMNS: Final = (3, 4)
+QUIET_SAMPLE_S: Final = 1.0
 
 
 class AdmissionRefusedError(RuntimeError):
@@ -234,11 +240,16 @@ class UcbridgeServer:
             lambda h: bool(h["workers"]) and all(w["state"] == "running" for w in h["workers"]),
             timeout,
         )
-        self._child_pids = [int(w["pid"]) for w in health["workers"]]
-        recorder = health.get("recorder") or {}
-        if recorder.get("pid"):
-            self._child_pids.append(int(recorder["pid"]))
+        self._child_pids = self.descendants()
         return health
+
+    def descendants(self) -> list[int]:
+        """PIDs of every process serve started (workers, a standby, the recorder, helpers)."""
+        if self.process is None:
+            return []
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return [c.pid for c in psutil.Process(self.process.pid).children(recursive=True)]
+        return []
 
     def health(self) -> dict[str, Any]:
         status, body = self.api.request("GET", "/health")
@@ -253,18 +264,25 @@ class UcbridgeServer:
         last: Any = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"serve exited: {self.log_tail()}")
+                print(self.log_tail(), file=sys.stderr)
+                code = self.process.returncode
+                raise RuntimeError(f"serve exited with status {code}: {self.last_log_line()}")
             with contextlib.suppress(OSError, RuntimeError, http.client.HTTPException):
                 last = self.health()
                 if predicate(last):
                     return dict(last)
             time.sleep(HEALTH_POLL_S)
-        raise TimeoutError(f"health never matched; last: {last}; log: {self.log_tail()}")
+        print(self.log_tail(), file=sys.stderr)
+        raise TimeoutError(f"health never matched; last: {last}; log: {self.last_log_line()}")
 
     def workers(self) -> list[dict[str, Any]]:
         """``GET /api/workers``: each worker's own figures."""
         reply = self.api.ok("GET", "/api/workers")
         return list(reply["workers"])
+
+    def last_log_line(self) -> str:
+        lines = [line for line in self.log_tail().splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
 
     def log_tail(self) -> str:
         try:
@@ -275,6 +293,7 @@ class UcbridgeServer:
     def stop(self) -> None:
         """SIGTERM the serve process by PID (it stops its children), then make sure they went."""
         self.api.close()
+        self._child_pids = sorted(set(self._child_pids) | set(self.descendants()))
         process, self.process = self.process, None
         if process is not None:
             process.send_signal(signal.SIGTERM)
@@ -324,3 +343,65 @@ class Machine:
 
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
+
+
+def host_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of every CPU since boot, from /proc/stat (steal counts as busy)."""
+    columns = PROC_STAT.read_text().splitlines()[0].split()[1 : 1 + _STAT_COLUMNS]
+    values = [int(v) for v in columns]
+    idle = sum(values[i] for i in _IDLE_COLUMNS)
+    return sum(values) - idle, sum(values)
+
+
+def host_busy_cores(sample_s: float = QUIET_SAMPLE_S) -> float:
+    """How many CPUs' worth of time the whole host was busy over the next ``sample_s``."""
+    busy_a, total_a = host_jiffies()
+    time.sleep(sample_s)
+    busy_b, total_b = host_jiffies()
+    return cpu_cores(busy_b - busy_a, total_b - total_a)
+
+
+def cpu_cores(busy: int, total: int) -> float:
+    return (os.cpu_count() or 1) * busy / total if total > 0 else 0.0
+
+
+def wait_for_quiet(max_wait_s: float, threshold_cores: float) -> float:
+    """Wait (at most ``max_wait_s``) until the host is busy below ``threshold_cores``.
+
+    Returns the last reading; the caller records it, quiet or not.
+    """
+    deadline = time.monotonic() + max_wait_s
+    busy = host_busy_cores()
+    while busy > threshold_cores and time.monotonic() < deadline:
+        busy = host_busy_cores()
+    return busy
+
+
+@dataclass(frozen=True)
+class CpuSnapshot:
+    busy_jiffies: int
+    total_jiffies: int
+    #: CPU seconds of the processes the benchmark knows (the system under test, the generator).
+    known_cpu_s: float
+
+
+def cpu_snapshot(pids: list[int]) -> CpuSnapshot:
+    known = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            known += process_cpu_s(pid)
+    busy, total = host_jiffies()
+    return CpuSnapshot(busy, total, known)
+
+
+def other_cores(before: CpuSnapshot, after: CpuSnapshot, wall_s: float) -> float:
+    """CPUs' worth of time used by everything else on the host between two snapshots.
+
+    The host's busy time minus the known processes' CPU time; kernel work done for them
+    outside their own context (softirqs of loopback delivery) counts as other, so a few
+    percent are expected even on an idle host.
+    """
+    host = cpu_cores(
+        after.busy_jiffies - before.busy_jiffies, after.total_jiffies - before.total_jiffies
+    )
+    return max(0.0, host - (after.known_cpu_s - before.known_cpu_s) / wall_s)
