@@ -349,10 +349,7 @@ class Control:
         room = await self.store.get_room(name_or_id)
         if room is not None:
             return room
-        for room in await self.store.list_rooms():
-            if room.name == name_or_id:
-                return room
-        return None
+        return await self.store.find_room_by_name(name_or_id)
 
     async def get_room(self, name_or_id: str) -> Room:
         room = await self.find_room(name_or_id)

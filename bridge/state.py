@@ -39,6 +39,12 @@ class StateStore(abc.ABC):
     async def rooms_of_worker(self, worker: int) -> list[Room]:
         return [room for room in await self.list_rooms() if room.worker == worker]
 
+    async def find_room_by_name(self, name: str) -> Room | None:
+        for room in await self.list_rooms():
+            if room.name == name:
+                return room
+        return None
+
 
 class MemoryStateStore(StateStore):
     """Process-local state; returns copies so callers never alias the store."""
@@ -62,6 +68,13 @@ class MemoryStateStore(StateStore):
 
     async def list_rooms(self) -> list[Room]:
         return [copy.deepcopy(room) for room in self._rooms.values()]
+
+    async def find_room_by_name(self, name: str) -> Room | None:
+        # Copy only the room asked for: a join must not copy every room of the node.
+        for room in self._rooms.values():
+            if room.name == name:
+                return copy.deepcopy(room)
+        return None
 
     async def put_participant(self, participant: Participant) -> None:
         room = self._rooms.get(participant.room)

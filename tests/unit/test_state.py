@@ -41,3 +41,14 @@ def test_room_dict_round_trip() -> None:
         id="p", room="r", kind=ParticipantKind.TRUNK, remote=RtpEndpoint("127.0.0.1", 1)
     )
     assert Room.from_dict(room.to_dict()) == room
+
+
+async def test_find_by_name_copies_only_the_room_asked_for() -> None:
+    store = MemoryStateStore()
+    await store.put_room(Room(id="r1", name="tac-1"))
+    await store.put_room(Room(id="r2", name="tac-2"))
+    found = await store.find_room_by_name("tac-2")
+    assert found is not None and found.id == "r2"
+    found.name = "changed"
+    assert (await store.get_room("r2")).name == "tac-2"  # type: ignore[union-attr]
+    assert await store.find_room_by_name("nope") is None
