@@ -23,7 +23,8 @@ from aiohttp import web
 
 from .app import Handler
 
-STATIC_DIR = Path(__file__).parent / "static"
+# resolve(): an editable install links each file, and the static route serves no links.
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 CONSOLE_PATH = "/console"
 #: The login cookie ``GET /login`` sets (``HttpOnly``, ``SameSite=Strict``).
 TOKEN_COOKIE = "ucb_token"

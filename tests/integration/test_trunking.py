@@ -498,6 +498,7 @@ def test_the_handset_command_runs_a_schedule(bridge: Server, tmp_path: Path) -> 
     result = subprocess.run(
         [
             sys.executable,
+            "-P",
             "-m",
             "bridge.cli",
             "handset",
