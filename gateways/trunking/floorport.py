@@ -346,6 +346,8 @@ class FloorPort(WorkerPlugin):
         self.handled: Counter[str] = Counter()
         #: The reason the last malformed packet was refused.
         self.last_error = ""
+        #: Registrations replaced by a newer one from the same floor address.
+        self.evicted = 0
         self._out: list[tuple[bytes, Registration]] | None = None
         self._last_message: CoreFloorMessage | None = None
         self._last_packet = b""
@@ -388,6 +390,7 @@ class FloorPort(WorkerPlugin):
             "received": self.received,
             "sent": self.sent,
             "send_dropped": self.send_dropped,
+            "evicted": self.evicted,
             "handled": dict(self.handled),
             "dropped": {reason.value: n for reason, n in self.drops.items() if n},
             "last_error": self.last_error,
@@ -411,7 +414,13 @@ class FloorPort(WorkerPlugin):
         room = self._floor.room_of(participant)
         owner = self._owner((ip_int << _PORT_BITS) | port)
         if owner is not None and owner.participant != participant:
-            raise ValueError(f"floor address is registered to another participant: {ip}:{port}")
+            # The address moved on to another handset (the old one went away without
+            # de-affiliating, and its port was given out again): the newest affiliation wins.
+            logger.warning(
+                "floor address %s:%d moves from %s to %s", ip, port, owner.participant, participant
+            )
+            self._unregister(owner.participant)
+            self.evicted += 1
         self._forget(participant)
         slot = self._free_slots.pop() if self._free_slots else len(self._slots)
         registration = Registration(

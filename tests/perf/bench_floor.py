@@ -185,6 +185,7 @@ class _Unit:
     request: bytes
     release: bytes
     address: tuple[str, int] = ("", 0)
+    participant: str = ""
 
 
 @dataclass
@@ -225,6 +226,7 @@ def _affiliate(api: Api, unit: _Unit, talkgroup: str) -> None:
     else:
         raise RuntimeError(f"the worker refused {offer['user_id']} {JOIN_ATTEMPTS} times")
     unit.address = (answer["floor"]["ip"], int(answer["floor"]["port"]))
+    unit.participant = str(answer["participant"])
 
 
 def _kernel_time_ns(ancillary: list[tuple[int, int, bytes]]) -> int:
@@ -281,6 +283,18 @@ class FloorClient:
                     self._poll.register(sock.fileno(), select.EPOLLIN)
                     units.append(unit)
                 self.talkgroups.append(_Talkgroup(units))
+        finally:
+            api.close()
+
+    def deaffiliate(self) -> None:
+        """Leave the talkgroups, so that no registration outlives its socket."""
+        api = Api(self.plan.api_port, self.plan.token)
+        try:
+            for group in self.talkgroups:
+                for unit in group.units:
+                    if unit.participant:
+                        api.request("DELETE", f"/api/trunking/affiliate/{unit.participant}")
+                        unit.participant = ""
         finally:
             api.close()
 
@@ -376,7 +390,9 @@ def _client_main(plan: ClientPlan, connection: multiprocessing.connection.Connec
         connection.send("ready")
         if connection.recv() != "go":
             return
-        connection.send(client.run())
+        report = client.run()
+        client.deaffiliate()
+        connection.send(report)
     except Exception:
         connection.send(traceback.format_exc())
     finally:

@@ -150,14 +150,24 @@ def test_a_registered_handset_is_told_how_the_floor_stands(rig: Rig) -> None:
     assert rig.hub.server(ROOM).holder == "a", "registering b must not disturb the holder"
 
 
-def test_register_refuses_what_it_cannot_serve(rig: Rig) -> None:
+def test_the_newest_registration_of_an_address_wins(rig: Rig) -> None:
     a = rig.join("a", 1)
+    a.drain()
+    rig.hub.join(ROOM, "b", user_id="b@pd")
+    rig.port.command(
+        "register", {"participant": "b", "floor": {"ip": "127.0.0.1", "port": a.port}, "ssrc": 2}
+    )
+    assert isinstance(a.receive_one(), mcpt.FloorIdle), "b is told, at the address it took"
+    assert rig.port.stats()["evicted"] == 1 and rig.port.stats()["registered"] == 1
+    rig.send(a, request(2))
+    assert isinstance(a.receive_one(), mcpt.FloorGranted)
+    assert rig.hub.server(ROOM).holder == "b"
+    rig.send(a, request(1))  # the old handset's SSRC from that address is no longer anybody
+    assert rig.port.drops[DropReason.SSRC_MISMATCH] == 1
+
+
+def test_register_refuses_what_it_cannot_serve(rig: Rig) -> None:
     rig.hub.join(ROOM, "b")
-    with pytest.raises(ValueError, match=r"^floor address is registered to another participant"):
-        rig.port.command(
-            "register",
-            {"participant": "b", "floor": {"ip": "127.0.0.1", "port": a.port}, "ssrc": 2},
-        )
     with pytest.raises(KeyError, match="participant is not in a ptt room: ghost"):
         rig.port.command(
             "register", {"participant": "ghost", "floor": {"ip": "127.0.0.1", "port": 9}, "ssrc": 3}
