@@ -302,6 +302,9 @@ class AudioEngine:
         if not self._free_slots:
             raise AdmissionError(f"worker is full: {self.capacity} legs")
         codec = codecs.get_codec(spec.codec, spec.clock_rate)
+        if not codec.can_encode:
+            # Every leg hears its room: a codec we cannot encode would fail every tick.
+            raise ValueError(f"codec cannot encode: {codec.mime}; a leg must also receive")
         remote_ip = ip_to_int(spec.remote_ip)
         slot = self._free_slots.pop()
         leg = Leg(slot=slot, spec=spec, codec=codec, ssrc_out=self._ssrc_random.getrandbits(32))

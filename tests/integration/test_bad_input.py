@@ -87,6 +87,15 @@ def test_bad_requests_get_4xx_json_with_the_reason(server: Server) -> None:
     )
     assert (status, body) == (400, {"error": "unsupported codec: G729"})
     status, body = server.request(
+        "POST",
+        "/api/rooms/ok/participants",
+        {"address": {"ip": "127.0.0.1", "port": 4000}, "codec": "AMR-WB", "payload_type": 100},
+    )
+    assert (status, body) == (
+        400,
+        {"error": "codec cannot encode: AMR-WB; a leg must also receive"},
+    )
+    status, body = server.request(
         "POST", "/api/rooms/ok/participants", {"address": {"ip": "127.0.0.1", "port": 0}}
     )
     assert status == 422 and body["error"].startswith("address.port: ")
