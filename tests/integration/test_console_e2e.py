@@ -161,6 +161,10 @@ async def _scenario(server: DemoServer, tmp_path: Path, shots: Path) -> None:
             await page.wait_for_function(
                 f"window.ucb.state().rooms[{room_id!r}].floor.state === 'idle'"
             )
+            # The page renders the state on its next frame: wait for the text, then check it.
+            await page.wait_for_function(
+                "document.querySelector('#floor-state').innerText === 'IDLE'"
+            )
             assert await page.locator("#floor-state").inner_text() == "IDLE"
 
             # A unit's talk burst is highlighted on the map.
