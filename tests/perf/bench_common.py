@@ -405,3 +405,14 @@ def other_cores(before: CpuSnapshot, after: CpuSnapshot, wall_s: float) -> float
         after.busy_jiffies - before.busy_jiffies, after.total_jiffies - before.total_jiffies
     )
     return max(0.0, host - (after.known_cpu_s - before.known_cpu_s) / wall_s)
+
+
+def write_section(path: Path, text: str, start_mark: str, end_mark: str) -> None:
+    """Replace the text between the markers in ``path``, or append the section; keep the rest."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    start, end = old.find(start_mark), old.find(end_mark)
+    if start != -1 and end > start:
+        new = old[:start] + text.rstrip("\n") + old[end + len(end_mark) :]
+    else:
+        new = old.rstrip("\n") + "\n\n" + text
+    path.write_text(new if new.endswith("\n") else new + "\n")

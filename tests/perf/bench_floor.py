@@ -69,6 +69,7 @@ from bench_common import (
     port_of,
     reserve_udp_ports,
     wait_for_quiet,
+    write_section,
 )
 from loadgen import Leg, LoadProcess, LoadReport, start_load
 
@@ -808,17 +809,6 @@ def section(rows: Sequence[Row], machine: Machine, command: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the markers, or append the section; keep the rest."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = old.find(MARK_START), old.find(MARK_END)
-    if start != -1 and end != -1 and end > start:
-        new = old[:start] + text.rstrip("\n") + old[end + len(MARK_END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new if new.endswith("\n") else new + "\n")
-
-
 def reproduce_command(argv: Sequence[str]) -> str:
     kept: list[str] = []
     skip = False
@@ -897,7 +887,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = section(rows, machine, reproduce_command(argv))
     print(text)
     if not args.no_write:
-        write_section(args.output, text)
+        write_section(args.output, text, MARK_START, MARK_END)
     return 0
 
 

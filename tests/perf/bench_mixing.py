@@ -70,6 +70,7 @@ from bench_common import (
     process_rss,
     reserve_udp_ports,
     wait_for_quiet,
+    write_section,
 )
 from echo_floor import EchoReport, start_echo
 from janus import JanusAudioBridge
@@ -816,17 +817,6 @@ def section(
     return "\n".join(parts) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace the text between the markers, or append the section; keep the rest."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = old.find(MARK_START), old.find(MARK_END)
-    if start != -1 and end != -1 and end > start:
-        new = old[:start] + text.rstrip("\n") + old[end + len(MARK_END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new if new.endswith("\n") else new + "\n")
-
-
 # --- the run ---------------------------------------------------------------------------------
 
 
@@ -1034,7 +1024,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elapsed,
             args.quiet_wait,
         )
-        write_section(args.output, text)
+        write_section(args.output, text, MARK_START, MARK_END)
         print(f"\nwrote {args.output.name}")
     return 0
 

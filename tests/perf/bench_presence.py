@@ -37,6 +37,7 @@ from bench_common import (
     port_of,
     process_cpu_s,
     reserve_udp_ports,
+    write_section,
 )
 from bench_mixing import join_ucbridge
 from loadgen import start_load
@@ -261,16 +262,6 @@ def section(result: dict[str, Any], command: str) -> str:
     )
 
 
-def write_section(path: Path, text: str) -> None:
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = old.find(MARK_START), old.find(MARK_END)
-    if start != -1 and end > start:
-        new = old[:start] + text.rstrip("\n") + old[end + len(MARK_END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text
-    path.write_text(new if new.endswith("\n") else new + "\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--reports", type=int, default=1000, help="GPS reports per second")
@@ -288,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     text = section(result, command)
     print(text)
-    write_section(args.output, text)
+    write_section(args.output, text, MARK_START, MARK_END)
     return 0
 
 
