@@ -109,12 +109,43 @@ class RoomConfig(_Section):
     floor: FloorSettings = FloorSettings()
 
 
+class SipGatewayConfig(_Section):
+    """The SIP gateway (pjsua2), in a gateway process of its own."""
+
+    enabled: bool = False
+
+
+class WebRtcGatewayConfig(_Section):
+    """The WebRTC gateway (aiortc), in a gateway process of its own."""
+
+    enabled: bool = False
+
+
+class CameraGatewayConfig(_Section):
+    """The camera gateway (RTSP through PyAV), in a gateway process of its own."""
+
+    enabled: bool = False
+
+
+class GatewaysConfig(_Section):
+    """Gateway processes (DESIGN.md, "Processes"): one per enabled gateway."""
+
+    #: Where gateway processes keep their Unix sockets (the video bus).
+    runtime_dir: Path = Path("var/run")
+    #: Restarts of a gateway that keeps dying are spaced up to this.
+    max_restart_backoff_s: float = Field(default=30.0, gt=0)
+    sip: SipGatewayConfig = SipGatewayConfig()
+    webrtc: WebRtcGatewayConfig = WebRtcGatewayConfig()
+    camera: CameraGatewayConfig = CameraGatewayConfig()
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     media: MediaConfig = MediaConfig()
     recording: RecordingConfig = RecordingConfig()
     auth: AuthConfig = AuthConfig()
     state: StateConfig = StateConfig()
+    gateways: GatewaysConfig = GatewaysConfig()
     rooms: list[RoomConfig] = Field(default_factory=list)
 
     def auth_secret(self) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 from . import channel
 from .config import Config
+from .gatewayhost import GatewayHost
 from .model import Participant, Room, RoomMode, new_id
 from .recording import RecorderService
 from .state import MemoryStateStore, StateStore
@@ -100,6 +101,8 @@ class Control:
         self.epoch = new_id()
         self.alerts: dict[str, dict[str, Any]] = {}
         self.sequence = 0
+        #: The gateway processes (SIP, WebRTC, camera): see bridge.gatewayhost.
+        self.gateways = GatewayHost(self)
 
     # -------------------------------------------------------------- lifecycle
     async def start(self) -> None:
@@ -108,6 +111,7 @@ class Control:
             self.recorder.start(len(self.workers))
         await asyncio.gather(*(self._spawn(w) for w in self.workers))
         self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
+        await self.gateways.start()
         for room_config in self.config.rooms:
             if await self.find_room(room_config.name) is None:
                 await self.create_room(
@@ -134,6 +138,7 @@ class Control:
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
+        await self.gateways.stop()
         for task in list(self._restart_tasks):
             task.cancel()
         for worker in self.workers:
@@ -625,6 +630,7 @@ class Control:
             "control": {"pid": os.getpid(), "state": "running"},
             "workers": workers,
             "recorder": recorder,
+            "gateways": self.gateways.health(),
         }
 
 

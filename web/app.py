@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from bridge.audit import AuditLog
 from bridge.config import FloorSettings
 from bridge.control import ConflictError, Control, NotFoundError, WorkerError
+from bridge.gatewaylink import LinkError
 from bridge.gateways import rtp as rtp_gateway
 from bridge.gateways.rtp import RtpJoin
 from bridge.model import RoomMode
@@ -37,6 +38,18 @@ LOGIN_ATTEMPTS_PER_MINUTE = 10
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Method = Callable[[Any, web.Request], Awaitable[web.StreamResponse]]
+
+
+#: A gateway's refusal (bridge.gatewaylink.LinkError kind) as an HTTP status.
+LINK_ERROR_STATUS = {
+    "NotFound": 404,
+    "Conflict": 409,
+    "Invalid": 400,
+    "Forbidden": 403,
+    "Busy": 409,
+    "Unavailable": 503,
+    "Error": 502,
+}
 
 
 def json_error(status: int, reason: str, **extra: Any) -> web.Response:
@@ -135,6 +148,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except WorkerError as exc:
         status = 503 if exc.kind in ("AdmissionError", "Unavailable") else 400
         return json_error(status, str(exc))
+    except LinkError as exc:
+        return json_error(LINK_ERROR_STATUS[exc.kind], str(exc))
 
 
 @web.middleware

@@ -19,7 +19,7 @@ from aiohttp import web
 from bridge.audit import DEFAULT_READ_LIMIT, AuditError, AuditLog, Outcome, verify
 from bridge.config import Config
 
-from .app import IDENTITY, Handler, json_error, require
+from .app import CONTROL, IDENTITY, Handler, json_error, require
 from .auth import Identity, Role
 
 #: The audit file's name, beside the recordings folder unless configured.
@@ -173,5 +173,28 @@ def setup(app: web.Application, log: AuditLog) -> AuditLog:
     async def close(app: web.Application) -> None:
         log.close()
 
+    async def gateway_audit(
+        user: str,
+        role: str,
+        action: str,
+        outcome: str = "ok",
+        room: str | None = None,
+        camera: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """A gateway's audit record (a camera view, a dial-out answered): its sequence."""
+        record = log.append(
+            user=user,
+            role=role,
+            action=action,
+            outcome=outcome,
+            room=room,
+            camera=camera,
+            detail=detail,
+        )
+        return record.seq
+
+    if CONTROL in app:
+        app[CONTROL].gateways.handle("audit", gateway_audit)
     app.on_cleanup.append(close)
     return log

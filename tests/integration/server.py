@@ -44,8 +44,18 @@ def free_udp_pair_base() -> int:
 
 class Server:
     def __init__(
-        self, tmp: Path, *, workers: int = 1, media_toml: str = "", extra_toml: str = ""
+        self,
+        tmp: Path,
+        *,
+        workers: int = 1,
+        media_toml: str = "",
+        extra_toml: str = "",
+        gateways: tuple[str, ...] | list[str] = (),
     ) -> None:
+        """``gateways``: the gateway processes to run ("sip", "webrtc", "camera"); the
+        others are disabled. A gateway's settings may go in ``extra_toml`` under
+        ``[gateways.NAME]``; that section then says ``enabled`` itself."""
+        self.gateways = tuple(gateways)
         self.port = free_port()
         self.rtp_base = free_udp_pair_base()
         self.tmp = tmp
@@ -54,7 +64,14 @@ class Server:
         self.config.write_text(
             f"[server]\nport = {self.port}\n"
             f"[media]\nworkers = {workers}\nrtp_port_base = {self.rtp_base}\n{media_toml}\n"
-            f'[recording]\ndir = "{self.recordings}"\n' + extra_toml
+            f'[recording]\ndir = "{self.recordings}"\n'
+            f'[gateways]\nruntime_dir = "{tmp / "run"}"\n'
+            + "".join(
+                f"[gateways.{name}]\nenabled = {'true' if name in self.gateways else 'false'}\n"
+                for name in ("sip", "webrtc", "camera")
+                if f"[gateways.{name}]" not in extra_toml
+            )
+            + extra_toml
         )
         self.authority = TokenAuthority(SECRET)
         self.base = f"http://127.0.0.1:{self.port}"
@@ -73,7 +90,11 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        self.wait_health(lambda h: all(w["state"] == "running" for w in h["workers"]), timeout)
+        self.wait_health(
+            lambda h: all(w["state"] == "running" for w in h["workers"])
+            and all(g["state"] == "running" for g in h.get("gateways", [])),
+            timeout,
+        )
 
     def wait_health(self, predicate: Any, timeout: float = 10.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

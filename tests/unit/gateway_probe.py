@@ -1,0 +1,37 @@
+"""A gateway module for the host's tests: ``main(link, config)`` like a real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from bridge.config import Config
+from bridge.gatewaylink import GatewayLink
+
+
+async def main(link: GatewayLink, config: Config) -> None:
+    async def echo(**args: Any) -> dict[str, Any]:
+        return {"args": args, "rate": config.media.room_rate}
+
+    async def join(room: str) -> Any:
+        return await link.request("join", room=room, participant={"kind": "sip", "name": "p"})
+
+    async def die(code: int) -> None:
+        os._exit(code)
+
+    tasks: set[asyncio.Future[Any]] = set()
+
+    def seen(event: dict[str, Any]) -> None:
+        task = asyncio.ensure_future(
+            link.request("publish", event={"event": "probe_seen", "of": event})
+        )
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    link.serve("echo", echo)
+    link.serve("join_room", join)
+    link.serve("die", die)
+    link.on_event(seen)
+    await link.request("subscribe", events=["probe"])
+    await asyncio.Event().wait()
