@@ -198,7 +198,7 @@ class Api:
 
     @require(Role.OBSERVER, Role.DISPATCHER)
     async def metrics(self, request: web.Request) -> web.Response:
-        body = await metrics.render(request.app[CONTROL])
+        body = await metrics.render(request.app[CONTROL], request.app.get(metrics.COUNTS))
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
     async def login(self, request: web.Request) -> web.Response:
@@ -408,6 +408,7 @@ def create_app(
     audit = audit_api.setup(app, audit_log or AuditLog(audit_api.default_path(control.config)))
     presence = presence_api.setup(app)
     trunking.setup(app, control, presence)
-    sio.setup(app, control, authority, audit, presence)
+    hub = sio.setup(app, control, authority, audit, presence)
+    metrics.setup(app, control, lambda: len(hub.server.eio.sockets))
     console.setup(app)
     return app

@@ -182,3 +182,23 @@ def test_a_vouched_dispatcher_priority_queues_ahead_without_cutting_off(server: 
     finally:
         for leg in legs.values():
             leg.close()
+
+
+def test_metrics_count_floor_grants_queued_requests_and_denies(server: Server) -> None:
+    server.ok("POST", "/api/rooms", {"name": "tg1", "mode": "ptt", "floor": {"max_queue_size": 1}})
+    legs = [RtpLeg() for _ in range(3)]
+    try:
+        ids = [join(server, leg, f"u{i}") for i, leg in enumerate(legs)]
+        assert floor(server, action="request", participant=ids[0]) == {"result": "granted"}
+        assert floor(server, action="request", participant=ids[1])["result"] == "queued"
+        assert floor(server, action="request", participant=ids[2])["result"] == "denied"
+        status, body = server.request("GET", "/metrics")
+        assert status == 200
+        text = body.decode()
+        assert 'ucbridge_floor_events_total{outcome="grants"} 1.0' in text
+        assert 'ucbridge_floor_events_total{outcome="queued"} 1.0' in text
+        assert 'ucbridge_floor_events_total{outcome="denies"} 1.0' in text
+        assert "ucbridge_socketio_clients 0.0" in text
+    finally:
+        for leg in legs:
+            leg.close()
