@@ -181,6 +181,8 @@ class FloorMessageType(IntEnum):
     QUEUE_POSITION_REQUEST = 8
     QUEUE_POSITION_INFO = 9
     ACK = 10
+    #: Multi-talker control (TS 24.380 §8.2.2); the wire format knows it, this server does not.
+    RELEASE_MULTI_TALKER = 15
 
 
 class DenyCause(IntEnum):

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from bridge.presence import FULL_CIRCLE_DEG, MAX_LATITUDE, FixSource, GpsFix, check_position
+from bridge.xmlsafe import parse_untrusted
 
 CONTENT_TYPE = "application/vnd.3gpp.mcptt-location-info+xml"
 NAMESPACE = "urn:3gpp:ns:mcpttLocationInfo:1.0"
@@ -123,13 +124,6 @@ def _qualified(tag: str) -> str:
     return f"{{{NAMESPACE}}}{tag}"
 
 
-class _NoDoctype(ET.TreeBuilder):
-    """Refuses a DOCTYPE, and with it any entity declaration (no entity expansion)."""
-
-    def doctype(self, name: str, pubid: str | None, system: str | None) -> None:
-        raise ValueError("location-info must not contain a DOCTYPE")
-
-
 def _child(parent: ET.Element, tag: str) -> ET.Element | None:
     return parent.find(_qualified(tag))
 
@@ -191,14 +185,7 @@ class LocationReport:
 
     @classmethod
     def parse(cls, data: bytes | str) -> LocationReport:
-        if len(data) > MAX_DOCUMENT_SIZE:
-            raise ValueError("location-info is too large")
-        parser = ET.XMLParser(target=_NoDoctype())
-        try:
-            parser.feed(data)
-            root = parser.close()
-        except ET.ParseError:
-            raise ValueError("location-info is not well-formed XML") from None
+        root = parse_untrusted(data, "location-info", MAX_DOCUMENT_SIZE)
         if root.tag != _qualified("location-info"):
             raise ValueError("root element is not location-info")
         report = _child(root, "Report")

@@ -27,9 +27,14 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from enum import IntEnum, IntFlag
+from enum import IntEnum
 from typing import Any, ClassVar, Self
 
+# The message types, causes and Floor Indicator are the core's (TS 24.380 clause 8 values).
+from bridge.floor import DenyCause as DenyCause
+from bridge.floor import FloorIndicator as FloorIndicator
+from bridge.floor import FloorMessageType as FloorMessageType
+from bridge.floor import RevokeCause as RevokeCause
 from bridge.rtcp import RtcpAppPacket, parse_rtcp
 
 APP_NAME = "MCPT"
@@ -63,22 +68,6 @@ _SSRC_SPARE = struct.Struct("!LH")
 _UINT32 = struct.Struct("!L")
 _LONG_HEADER = struct.Struct("!BH")
 _TRACK_INFO_HEADER = struct.Struct("!BB")
-
-
-class FloorMessageType(IntEnum):
-    """Floor-control message types, the low four subtype bits (TS 24.380 table 8.2.2-1)."""
-
-    REQUEST = 0
-    GRANTED = 1
-    TAKEN = 2
-    DENY = 3
-    RELEASE = 4
-    IDLE = 5
-    REVOKE = 6
-    QUEUE_POSITION_REQUEST = 8
-    QUEUE_POSITION_INFO = 9
-    ACK = 10
-    RELEASE_MULTI_TALKER = 15
 
 
 #: Message types whose subtype may carry the ack-request bit (TS 24.380 table 8.2.2-1).
@@ -165,47 +154,6 @@ EARLY_FIELD_IDS: dict[int, FieldId] = {
 }
 EARLY_FIELD_ID_MIN = 102
 EARLY_FIELD_ID_MAX = 116
-
-
-class DenyCause(IntEnum):
-    """<Reject Cause> values of a Floor Deny (TS 24.380 §8.2.3.4)."""
-
-    ANOTHER_USER_HAS_PERMISSION = 1
-    INTERNAL_ERROR = 2
-    ONLY_ONE_PARTICIPANT = 3
-    RETRY_AFTER_NOT_EXPIRED = 4
-    RECEIVE_ONLY = 5
-    NO_RESOURCES = 6
-    QUEUE_FULL = 7
-    OTHER = 255
-
-
-class RevokeCause(IntEnum):
-    """<Reject Cause> values of a Floor Revoke (TS 24.380 §8.2.3.4)."""
-
-    ONLY_ONE_PARTICIPANT = 1
-    MEDIA_BURST_TOO_LONG = 2
-    NO_PERMISSION = 3
-    PREEMPTED = 4
-    NO_RESOURCES = 6
-    OTHER = 255
-
-
-class FloorIndicator(IntFlag):
-    """The <Floor Indicator> bit map, bit A first (TS 24.380 §8.2.3.15).
-
-    Reserved bits received from a peer are kept.
-    """
-
-    NORMAL_CALL = 0x8000
-    BROADCAST_GROUP_CALL = 0x4000
-    SYSTEM_CALL = 0x2000
-    EMERGENCY_CALL = 0x1000
-    IMMINENT_PERIL_CALL = 0x0800
-    QUEUEING_SUPPORTED = 0x0400
-    DUAL_FLOOR = 0x0200
-    TEMPORARY_GROUP_CALL = 0x0100
-    MULTI_TALKER = 0x0080
 
 
 class FloorSource(IntEnum):
@@ -832,7 +780,7 @@ class FloorRevoke(FloorMessage):
     """Floor Revoke, server to the holder (§8.2.4); the Reject Cause is mandatory.
 
     A known cause is read as a :class:`RevokeCause`; a pre-empted talker gets
-    :attr:`RevokeCause.PREEMPTED`.
+    :attr:`RevokeCause.PRE_EMPTED`.
     """
 
     message_type: ClassVar[FloorMessageType] = FloorMessageType.REVOKE

@@ -187,7 +187,7 @@ SENT: Final[list[list[FloorMessage]]] = [
         )
     ],
     [FloorIdle(ssrc=SERVER_SSRC, message_sequence_number=43)],
-    [FloorRevoke(ssrc=SERVER_SSRC, reject_cause=RejectCause(RevokeCause.PREEMPTED))],
+    [FloorRevoke(ssrc=SERVER_SSRC, reject_cause=RejectCause(RevokeCause.PRE_EMPTED))],
     [FloorQueuePositionInfo(ssrc=SERVER_SSRC, ack_requested=True, queue_info=QueueInfo(2, 100))],
     [
         FloorAck.for_message(

@@ -237,7 +237,7 @@ async def test_emergency_pre_empts_with_revoke_cause_4_and_raises_an_alert(
     await caller.press(call_type="emergency")
     revoke = await holder.wait_for(EventKind.REVOKE, since=mark)
     assert isinstance(revoke.message, mcpt.FloorRevoke), "seen as an MCPT Floor Revoke"
-    assert revoke.message.reject_cause.cause == mcpt.RevokeCause.PREEMPTED == 4
+    assert revoke.message.reject_cause.cause == mcpt.RevokeCause.PRE_EMPTED == 4
     assert not holder.talking
     granted = await caller.wait_for(EventKind.GRANTED)
     assert isinstance(granted.message, mcpt.FloorGranted)

@@ -86,7 +86,7 @@ RELEASE = FloorRelease(ssrc=UNIT_SSRC)
 IDLE = FloorIdle(
     ssrc=SERVER_SSRC, message_sequence_number=6, floor_indicator=FloorIndicator.NORMAL_CALL
 )
-REVOKE = FloorRevoke(ssrc=SERVER_SSRC, reject_cause=RejectCause(RevokeCause.PREEMPTED))
+REVOKE = FloorRevoke(ssrc=SERVER_SSRC, reject_cause=RejectCause(RevokeCause.PRE_EMPTED))
 QUEUE_POSITION_REQUEST = FloorQueuePositionRequest(ssrc=UNIT_SSRC, user_id=UNIT_ID)
 QUEUE_POSITION_INFO = FloorQueuePositionInfo(
     ssrc=SERVER_SSRC, queue_info=QueueInfo(position=2, priority=100)
@@ -152,7 +152,7 @@ def test_known_causes_become_enums() -> None:
     deny = FloorDeny.parse(load("floor_deny.bin"))
     assert type(deny.reject_cause.cause) is DenyCause
     revoke = FloorRevoke.parse(load("floor_revoke.bin"))
-    assert revoke.reject_cause == RejectCause(RevokeCause.PREEMPTED, phrase=None)
+    assert revoke.reject_cause == RejectCause(RevokeCause.PRE_EMPTED, phrase=None)
     assert type(revoke.reject_cause.cause) is RevokeCause
     # A cause no table names stays a number, and is sent back unchanged.
     odd = FloorDeny(ssrc=1, reject_cause=RejectCause(9))

@@ -254,7 +254,7 @@ def test_emergency_indicator_pre_empts_with_revoke_cause_4(rig: Rig) -> None:
     rig.send(unit, fixture("floor_request_rel13"))  # early Release 13 IDs, emergency call
     revoke = holder.receive_one()
     assert isinstance(revoke, mcpt.FloorRevoke)
-    assert revoke.reject_cause.cause == mcpt.RevokeCause.PREEMPTED
+    assert revoke.reject_cause.cause == mcpt.RevokeCause.PRE_EMPTED
     assert revoke.reject_cause.phrase == "Media Burst pre-empted"
     emergency = [e for e in rig.events if e["event"] == "floor_emergency"]
     assert emergency and emergency[0]["participant"] == "unit7"
