@@ -29,9 +29,9 @@ from .codecs.resample import ResamplerBank
 from .dtmf import DtmfReceiver
 from .jitterbuffer import JitterArray, PlayoutStatus
 from .levels import frame_level_dbov
-from .mixer import Mixer, MixKind, MixResult, RoomTopology
+from .mixer import Mixer, MixKind, MixResult, Monitor, RoomTopology
 from .mmsg import BatchSocket, RecvBatch
-from .model import RoomMode
+from .model import DEFAULT_DUCK_DB, RoomMode
 from .rtpcolumns import DropReason, parse_rtp_columns
 
 logger = logging.getLogger(__name__)
@@ -78,6 +78,9 @@ class LegSpec:
     muted: bool = False
     alias: str = ""
     latch: bool = False
+    #: Hears monitor-only sources; a monitor-only source is heard by dispatchers only.
+    dispatcher: bool = False
+    monitor_only: bool = False
 
 
 @dataclass
@@ -108,6 +111,16 @@ class RoomState:
     record: bool = False
     holder: int = -1
     legs: dict[str, Leg] = field(default_factory=dict)
+    monitor_to_mix: bool = False
+
+
+@dataclass
+class MonitorSpec:
+    """A dispatcher leg's monitored rooms (room id -> linear gain) and priority room."""
+
+    rooms: dict[str, float]
+    priority: str | None = None
+    duck_db: float = DEFAULT_DUCK_DB
 
 
 @dataclass
@@ -213,6 +226,11 @@ class AudioEngine:
         # of a hundred does not walk the other ninety-nine.
         self._topologies: dict[str, RoomTopology] = {}
         self._stale_rooms: set[str] = set()
+        # Routing across rooms (patch groups of room ids, dispatchers' monitors), handed
+        # to the mixer as room indexes and leg slots whenever it or the topology changes.
+        self.patch_groups: list[list[str]] = []
+        self.monitors: dict[str, MonitorSpec] = {}
+        self._routing_dirty = False
 
         # Resampler banks by (in rate, out rate), three rows per slot: rooms' shared mixes
         # [0, capacity), legs' own N-1 mixes [capacity, 2 capacity), legs' input streams
@@ -239,10 +257,18 @@ class AudioEngine:
         self.transit_count = 0
 
     # ------------------------------------------------------------------ rooms
-    def add_room(self, room_id: str, name: str, mode: RoomMode, record: bool = False) -> RoomState:
+    def add_room(
+        self,
+        room_id: str,
+        name: str,
+        mode: RoomMode,
+        record: bool = False,
+        *,
+        monitor_to_mix: bool = False,
+    ) -> RoomState:
         if room_id in self.rooms:
             room = self.rooms[room_id]
-            room.mode, room.record = mode, record
+            room.mode, room.record, room.monitor_to_mix = mode, record, monitor_to_mix
             self._stale(room_id)
             return room
         if self._free_room_indexes:
@@ -250,11 +276,22 @@ class AudioEngine:
         else:
             index = self._next_room_index
             self._next_room_index += 1
-        room = RoomState(id=room_id, name=name, index=index, mode=mode, record=record)
+        room = RoomState(
+            id=room_id,
+            name=name,
+            index=index,
+            mode=mode,
+            record=record,
+            monitor_to_mix=monitor_to_mix,
+        )
         self.rooms[room_id] = room
         self._room_by_index[index] = room
         self._stale(room_id)
         return room
+
+    def set_monitor_to_mix(self, room_id: str, monitor_to_mix: bool) -> None:
+        self._room(room_id).monitor_to_mix = monitor_to_mix
+        self._stale(room_id)
 
     def remove_room(self, room_id: str) -> None:
         room = self.rooms.pop(room_id, None)
@@ -360,6 +397,7 @@ class AudioEngine:
             self.events(
                 {"event": "stopped_talking", "room": leg.spec.room, "participant": participant}
             )
+        self.monitors.pop(participant, None)
         slot = leg.slot
         self._slot_leg[slot] = None
         self.active[slot] = False
@@ -410,6 +448,45 @@ class AudioEngine:
     def _stale(self, room_id: str) -> None:
         self._stale_rooms.add(room_id)
         self._topology_dirty = True
+        # Indexes and slots may have moved under the routing: map it again.
+        self._routing_dirty |= bool(self.patch_groups or self.monitors)
+
+    # ---------------------------------------------------------------- routing
+    def set_patches(self, groups: list[list[str]]) -> None:
+        """Patch groups: the listeners of every room of a group hear the whole group."""
+        self.patch_groups = [list(group) for group in groups if len(group) > 1]
+        self._routing_dirty = True
+        self._topology_dirty = True
+
+    def set_monitor(self, participant: str, monitor: MonitorSpec | None) -> None:
+        """What a dispatcher leg monitors (None: its own room only)."""
+        if participant not in self.legs:
+            raise KeyError(f"unknown participant: {participant}")
+        if monitor is None:
+            self.monitors.pop(participant, None)
+        else:
+            self.monitors[participant] = monitor
+        self._routing_dirty = True
+        self._topology_dirty = True
+
+    def _routing(self) -> tuple[list[list[int]], list[Monitor]]:
+        index = {room_id: room.index for room_id, room in self.rooms.items()}
+        groups = [[index[r] for r in group if r in index] for group in self.patch_groups]
+        monitors = []
+        for participant, spec in self.monitors.items():
+            leg = self.legs.get(participant)
+            if leg is None:
+                continue
+            priority = index.get(spec.priority) if spec.priority is not None else None
+            monitors.append(
+                Monitor(
+                    leg.slot,
+                    {index[r]: gain for r, gain in spec.rooms.items() if r in index},
+                    priority,
+                    float(10 ** (-spec.duck_db / 20)),
+                )
+            )
+        return groups, monitors
 
     def _room_topology(self, room: RoomState) -> RoomTopology:
         legs = list(room.legs.values())
@@ -421,6 +498,9 @@ class AudioEngine:
             talks=np.fromiter((not leg.spec.muted for leg in legs), np.bool_, count=len(legs)),
             gain=np.fromiter((leg.spec.gain for leg in legs), np.float32, count=len(legs)),
             holder=room.holder,
+            monitor_only=np.fromiter((leg.spec.monitor_only for leg in legs), np.bool_, len(legs)),
+            dispatcher=np.fromiter((leg.spec.dispatcher for leg in legs), np.bool_, len(legs)),
+            monitor_to_mix=room.monitor_to_mix,
         )
 
     def _topology(self) -> list[RoomTopology]:
@@ -447,6 +527,9 @@ class AudioEngine:
 
         if self._topology_dirty:
             self.mixer.set_rooms(self._topology())
+            if self._routing_dirty:
+                self.mixer.set_routing(*self._routing())
+                self._routing_dirty = False
             self._topology_dirty = False
         slots = np.flatnonzero(self.active)
         playout = self.jitter.pop(slots)

@@ -12,7 +12,12 @@ so the holder is heard from the next tick on. This hub does that plumbing for ev
   control process, which renders them over socket.io;
 - every call returns after the holder is applied to the engine and the messages are
   handed to their renderers, so floor access never waits for a tick;
-- timers of all rooms are served through :meth:`next_deadline` and :meth:`tick`.
+- timers of all rooms are served through :meth:`next_deadline` and :meth:`tick`;
+- a talkgroup patch joins the floors of its rooms (:meth:`set_patches`): one server,
+  that of the group's first room (its *anchor*), serves every member of the group with
+  the anchor's floor settings; the holder's own room gets the holder in the mixing
+  matrix, and the patch makes every room of the group hear it. Each floor event is
+  reported once per room of the group, so each room's consoles see the one floor.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .floor import (
@@ -46,6 +51,9 @@ class FloorRenderer(Protocol):
 class _Member:
     room: str
     renderer: FloorRenderer | None
+    #: What it joined with (priority, pre-emption, receive-only, ids), to move it between
+    #: servers when a patch joins or splits its room's floor.
+    terms: dict[str, Any] = field(default_factory=dict)
 
 
 class FloorHub:
@@ -64,6 +72,12 @@ class FloorHub:
         self.servers: dict[str, FloorControlServer] = {}
         self._members: dict[str, _Member] = {}
         self._holders: dict[str, str | None] = {}
+        #: Patched rooms: room -> the anchor room whose server serves its floor, and
+        #: anchor -> every room of its group (itself first).
+        self._anchor: dict[str, str] = {}
+        self._group: dict[str, list[str]] = {}
+        #: The room in which each server's holder was put into the mixing matrix.
+        self._holder_room: dict[str, str] = {}
 
     # ------------------------------------------------------------------ rooms
     def add_room(self, room: str, config: FloorConfig | None = None) -> None:
@@ -75,18 +89,57 @@ class FloorHub:
         self._holders[room] = None
 
     def remove_room(self, room: str) -> None:
-        server = self.servers.pop(room, None)
-        if server is None:
+        if room not in self.servers:
             return
+        if room in self._anchor:
+            self.set_patches([[r for r in g if r != room] for g in self._group.values()])
+        server = self.servers.pop(room)
         for participant in list(server.participants):
             self._members.pop(participant, None)
         self._holders.pop(room, None)
+        self._holder_room.pop(room, None)
 
     def server(self, room: str) -> FloorControlServer:
+        """The server that serves ``room``'s floor: its own, or its patch group's."""
         try:
-            return self.servers[room]
+            return self.servers[self._anchor.get(room, room)]
         except KeyError:
             raise KeyError(f"room has no floor control (not a ptt room): {room}") from None
+
+    # ---------------------------------------------------------------- patches
+    def set_patches(self, groups: Iterable[Iterable[str]]) -> None:
+        """Join the floors of each group of ptt rooms; rooms left out get their own back.
+
+        The first room of a group is its anchor: its server and floor settings serve the
+        whole group. Members whose server changes leave the old one (a holder among them
+        loses the floor, as on leaving: TS 24.380 clause 6.3.5.4) and join the new one in
+        their current state, as on a late entry (clause 6.3.5.2.2: Floor Taken or Idle).
+        """
+        anchor: dict[str, str] = {}
+        group: dict[str, list[str]] = {}
+        for rooms in groups:
+            members = [r for r in dict.fromkeys(rooms) if r in self.servers]
+            if len(members) < 2:
+                continue
+            if any(r in anchor for r in members):
+                raise ValueError(f"a room is in more than one patch group: {members}")
+            group[members[0]] = members
+            for r in members:
+                anchor[r] = members[0]
+        moving = [
+            (participant, member)
+            for participant, member in self._members.items()
+            if anchor.get(member.room, member.room) != self._anchor.get(member.room, member.room)
+        ]
+        for participant, _member in moving:
+            self.leave(participant)
+        self._anchor, self._group = anchor, group
+        for participant, member in moving:
+            self.join(member.room, participant, renderer=member.renderer, **member.terms)
+
+    def patch_of(self, room: str) -> list[str]:
+        """The rooms whose floor is joined with ``room``'s (itself alone if unpatched)."""
+        return list(self._group.get(self._anchor.get(room, room), [room]))
 
     def room_of(self, participant: str) -> str:
         try:
@@ -108,18 +161,15 @@ class FloorHub:
         renderer: FloorRenderer | None = None,
     ) -> None:
         server = self.server(room)
-        self._members[participant] = _Member(room, renderer)
-        self._deliver(
-            room,
-            server.join(
-                participant,
-                priority=priority,
-                pre_emptive_allowed=pre_emptive_allowed,
-                receive_only=receive_only,
-                user_id=user_id,
-                alias=alias,
-            ),
-        )
+        terms: dict[str, Any] = {
+            "priority": priority,
+            "pre_emptive_allowed": pre_emptive_allowed,
+            "receive_only": receive_only,
+            "user_id": user_id,
+            "alias": alias,
+        }
+        self._members[participant] = _Member(room, renderer, terms)
+        self._deliver(server.room, server.join(participant, **terms))
 
     def set_renderer(self, participant: str, renderer: FloorRenderer | None) -> None:
         self._members[participant].renderer = renderer
@@ -128,9 +178,9 @@ class FloorHub:
         member = self._members.pop(participant, None)
         if member is None:
             return
-        server = self.servers.get(member.room)
+        server = self.servers.get(self._anchor.get(member.room, member.room))
         if server is not None:
-            self._deliver(member.room, server.leave(participant))
+            self._deliver(server.room, server.leave(participant))
 
     # ----------------------------------------------------------------- inputs
     def request(
@@ -149,49 +199,53 @@ class FloorHub:
         user and chosen the priority by role (a dispatcher above an officer): they may
         raise the participant's negotiated priority to what they ask.
         """
-        room = self.room_of(participant)
-        server = self.server(room)
+        server = self._server_of(participant)
         if vouched and priority is not None:
             member = server.participant(participant)
             member.priority = max(member.priority, priority)
         messages = server.request(
             participant, priority=priority, call_type=call_type, location=location
         )
-        self._deliver(room, messages)
-        return self._outcome(room, participant, messages)
+        self._deliver(server.room, messages)
+        return self._outcome(server.room, participant, messages)
 
     def release(self, participant: str, *, ack_requested: bool = False) -> None:
-        room = self.room_of(participant)
-        self._deliver(room, self.server(room).release(participant, ack_requested=ack_requested))
+        server = self._server_of(participant)
+        self._deliver(server.room, server.release(participant, ack_requested=ack_requested))
 
     def queue_position_request(self, participant: str) -> None:
-        room = self.room_of(participant)
-        self._deliver(room, self.server(room).queue_position_request(participant))
+        server = self._server_of(participant)
+        self._deliver(server.room, server.queue_position_request(participant))
 
     def ack(self, participant: str, message_type: FloorMessageType | int) -> None:
-        room = self.room_of(participant)
-        self._deliver(room, self.server(room).ack(participant, message_type))
+        server = self._server_of(participant)
+        self._deliver(server.room, server.ack(participant, message_type))
 
     def revoke(self, room: str, cause: RevokeCause = RevokeCause.OTHER) -> None:
-        self._deliver(room, self.server(room).revoke(None, cause))
+        server = self.server(room)
+        self._deliver(server.room, server.revoke(None, cause))
 
     def grant_to(self, participant: str) -> None:
-        room = self.room_of(participant)
-        self._deliver(room, self.server(room).grant_to(participant))
+        server = self._server_of(participant)
+        self._deliver(server.room, server.grant_to(participant))
 
     def override(self, participant: str, *, call_type: CallType = CallType.NORMAL) -> None:
-        room = self.room_of(participant)
-        self._deliver(room, self.server(room).override(participant, call_type=call_type))
+        server = self._server_of(participant)
+        self._deliver(server.room, server.override(participant, call_type=call_type))
 
     def set_receive_only(self, participant: str, receive_only: bool) -> None:
-        room = self.room_of(participant)
-        self._deliver(room, self.server(room).set_receive_only(participant, receive_only))
+        server = self._server_of(participant)
+        self._members[participant].terms["receive_only"] = receive_only
+        self._deliver(server.room, server.set_receive_only(participant, receive_only))
 
     def media_from(self, room: str, participants: Iterable[str]) -> None:
         """Participants of ``room`` whose RTP was played this tick (T1, media policing)."""
-        server = self.servers.get(room)
+        server = self.servers.get(self._anchor.get(room, room))
         if server is not None:
-            self._deliver(room, server.media_from(participants))
+            self._deliver(server.room, server.media_from(participants))
+
+    def _server_of(self, participant: str) -> FloorControlServer:
+        return self.server(self.room_of(participant))
 
     # ----------------------------------------------------------------- timers
     def next_deadline(self) -> float | None:
@@ -218,8 +272,18 @@ class FloorHub:
     def _deliver(self, room: str, messages: list[FloorMessage]) -> None:
         server = self.servers.get(room)
         if server is not None and server.holder != self._holders.get(room):
-            self._holders[room] = server.holder
-            self._set_holder(room, server.holder)
+            holder = server.holder
+            self._holders[room] = holder
+            # The holder is put into the matrix in its own room (in a patch group, maybe
+            # not the anchor's); the room of the previous holder is cleared.
+            before = self._holder_room.pop(room, None)
+            member = self._members.get(holder) if holder is not None else None
+            now = member.room if member is not None else room
+            if before is not None and before != now:
+                self._set_holder(before, None)
+            if holder is not None:
+                self._holder_room[room] = now
+            self._set_holder(now, holder)
         if not messages or server is None:
             return
         rendered = [
@@ -256,4 +320,10 @@ class FloorHub:
         return {"result": "pending"}
 
     def _on_event(self, event: FloorEvent) -> None:
-        self._events(event.to_dict())
+        data = event.to_dict()
+        rooms = self._group.get(event.room)
+        if rooms is None:
+            self._events(data)
+            return
+        for room in rooms:
+            self._events({**data, "room": room, "patch": rooms})

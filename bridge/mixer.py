@@ -22,10 +22,22 @@ Every routing feature is an edit of ``W``, never new mixing code:
   3GPP TS 24.380 clause 6.3.4 ('G: Floor Idle' and 'G: Floor Taken');
 - mute (``talks``) and per-leg input gain are column values.
 
-The hooks for what comes next are :meth:`Mixer._listen_profiles` (which rooms a
-listener hears, and how loud: talkgroup patches, a dispatcher monitoring several
-rooms with one ducked, per-listener volume, all-call) and :meth:`Mixer._source_gains`
-(who is heard at all: whisper, emergency override).
+- monitor-only sources (camera audio) are columns of their room's *monitor* row of
+  ``B`` (see below), which only dispatcher legs hear, and the whole room too when an
+  ``open`` room sets ``monitor_to_mix``;
+- talkgroup patches (:meth:`Mixer.set_routing`): every room of a patch group hears
+  the union of the group's rooms;
+- a dispatcher who monitors several rooms (:class:`Monitor`) has a profile of its own,
+  one entry per room at its own volume; while its priority room has a live source the
+  other entries are ducked.
+
+The two hooks are :meth:`Mixer._listen_profiles` (which rooms a listener hears, and
+how loud: patches, monitoring, per-room volume; all-call next) and
+:meth:`Mixer._source_gains` (who is heard at all: whisper, emergency override next).
+Shared rows are ``profiles @ B``, where ``B`` holds, per room, the gains of its
+sources: one row per room, and when a room has monitor-only sources one more row per
+room for them.  With no patch, no monitor and no monitor-only source ``profiles`` is
+the identity and the product is skipped, so the plain mix costs what it always did.
 
 ``W`` is data.  It is rebuilt only when the topology or the set of sources changes,
 and a change is ramped over one frame, sample by sample, from the old matrix to the
@@ -34,8 +46,8 @@ new one, so that a new talker, a dropped talker or a gain step never clicks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -44,7 +56,7 @@ import numpy.typing as npt
 from scipy import sparse
 
 from .levels import SILENCE_DBOV, TalkerDetector
-from .model import RoomMode
+from .model import DEFAULT_DUCK_DB, RoomMode
 
 #: ``RoomTopology.holder`` of a push-to-talk room whose floor is idle.
 NO_HOLDER = -1
@@ -69,6 +81,8 @@ INT16_CEILING = 32767.0
 _NO_ROOM = -1
 _ArrayT = TypeVar("_ArrayT", bound=npt.NDArray[Any])
 _SIGNATURE_SEED = 6464
+#: Row key codes of monitor profiles start here (rooms are >= 0, N-1 rows negative).
+_MONITOR_CODE_BASE = 1 << 40
 
 
 class MixKind(StrEnum):
@@ -78,6 +92,8 @@ class MixKind(StrEnum):
     ROOM = "room"
     #: A live source's own N-1 mix; the second half is the leg.
     OWN = "n-1"
+    #: A dispatcher's own monitor mix (its rooms at its volumes); the second half is the leg.
+    MONITOR = "monitor"
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,7 +102,9 @@ class RoomTopology:
 
     ``legs``, ``listens``, ``talks`` and ``gain`` are parallel arrays, one entry per
     member.  A send-only camera has ``listens`` False; a muted or receive-only leg has
-    ``talks`` False.
+    ``talks`` False.  ``monitor_only`` sources (camera audio) are heard only by the
+    room's ``dispatcher`` legs, and by everyone in an ``open`` room with
+    ``monitor_to_mix``; they never hold the floor.  None stands for all False.
     """
 
     room: int
@@ -97,12 +115,15 @@ class RoomTopology:
     gain: npt.NDArray[np.float32]
     holder: int = NO_HOLDER
     max_talkers: int = DEFAULT_MAX_TALKERS
+    monitor_only: npt.NDArray[np.bool_] | None = None
+    dispatcher: npt.NDArray[np.bool_] | None = None
+    monitor_to_mix: bool = False
 
     def __post_init__(self) -> None:
         shape = self.legs.shape
-        if len(shape) != 1 or any(
-            column.shape != shape for column in (self.listens, self.talks, self.gain)
-        ):
+        columns = [self.listens, self.talks, self.gain]
+        columns += [c for c in (self.monitor_only, self.dispatcher) if c is not None]
+        if len(shape) != 1 or any(column.shape != shape for column in columns):
             raise ValueError("room topology arrays differ in length")
         if not np.all(np.isfinite(self.gain)) or np.any(self.gain < 0):
             raise ValueError("gain must be finite and not negative")
@@ -113,6 +134,10 @@ class RoomTopology:
                 raise ValueError("only a push-to-talk room has a floor holder")
             if not np.any(self.legs == self.holder):
                 raise ValueError("floor holder is not a member of the room")
+            if self.monitor_only is not None and np.any(
+                self.monitor_only[self.legs == self.holder]
+            ):
+                raise ValueError("a monitor-only source cannot hold the floor")
 
     @classmethod
     def uniform(
@@ -136,6 +161,30 @@ class RoomTopology:
             holder=holder,
             max_talkers=max_talkers,
         )
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """A dispatcher's listening: several rooms, each at its own volume, one with priority.
+
+    ``leg`` hears its own room at ``rooms.get(own room, 1.0)`` and every other room of
+    ``rooms`` at its gain: what a dispatcher in that room hears, monitor-only sources
+    included.  While ``priority`` (a room) has a live source, every other entry is
+    multiplied by ``duck`` (a linear gain, 0..1).  A room that is not in the topology is
+    skipped, so topology and routing may be updated in either order.
+    """
+
+    leg: int
+    rooms: Mapping[int, float] = field(default_factory=dict)
+    priority: int | None = None
+    duck: float = float(10 ** (-DEFAULT_DUCK_DB / 20))
+
+    def __post_init__(self) -> None:
+        gains = list(self.rooms.values())
+        if not all(np.isfinite(g) and g >= 0 for g in gains):
+            raise ValueError("monitor gain must be finite and not negative")
+        if not 0.0 <= self.duck <= 1.0:
+            raise ValueError("duck must be a gain between 0 and 1")
 
 
 @dataclass
@@ -256,12 +305,19 @@ class _Routing:
     talks: npt.NDArray[np.bool_]  # (capacity,)
     gain: npt.NDArray[np.float32]  # (capacity,)
     in_open: npt.NDArray[np.bool_]  # (capacity,) member of an open room
+    by_level: npt.NDArray[np.bool_]  # (capacity,) selected by level: open or monitor-only
+    monitor_only: npt.NDArray[np.bool_]  # (capacity,)
+    dispatcher: npt.NDArray[np.bool_]  # (capacity,)
+    #: (capacity,) the row of B a leg's column sits in: its room's slot, or for a
+    #: monitor-only source n_rooms + its room's slot.
+    source_slot: npt.NDArray[np.intp]
     ptt_legs: npt.NDArray[np.intp]  # the members of push-to-talk rooms
     is_holder: npt.NDArray[np.bool_]  # (capacity,) holds the floor of its room
     holders: npt.NDArray[np.intp]  # the floor holders of all ptt rooms
     room_ids: npt.NDArray[np.intp]  # (n_rooms,) RoomTopology.room per slot
     room_open: npt.NDArray[np.bool_]  # (n_rooms,)
-    room_max_talkers: npt.NDArray[np.intp]  # (n_rooms,)
+    room_monitor_to_mix: npt.NDArray[np.bool_]  # (n_rooms,)
+    room_max_talkers: npt.NDArray[np.intp]  # (2 n_rooms,) by source slot
 
 
 @dataclass
@@ -277,6 +333,30 @@ class _Profiles:
     keys: list[tuple[str, int]]
     #: Profile i is room slot i at unity gain, so ``gains @ B`` is ``B`` itself.
     one_per_room: bool = False
+    #: Ducking, if any profile has a priority room: see :class:`_Ducking`.
+    ducking: _Ducking | None = None
+
+
+@dataclass
+class _Ducking:
+    """Which entries of ``_Profiles.gains`` drop while their profile's priority is live."""
+
+    entry: npt.NDArray[np.bool_]  # (n_entries,) this entry is ducked
+    entry_profile: npt.NDArray[np.intp]  # (n_entries,) the profile of each entry
+    gain: npt.NDArray[np.float32]  # (n_profiles,) linear duck gain
+    priority_profile: npt.NDArray[np.intp]  # pairs (profile, row of B) that make
+    priority_row: npt.NDArray[np.intp]  # the profile's priority room live
+
+    def apply(self, gains: _Rows, live_rows: npt.NDArray[np.bool_]) -> _Rows:
+        """``gains`` with the entries of profiles whose priority room is live ducked."""
+        live = np.zeros(len(self.gain), dtype=np.bool_)
+        live[self.priority_profile[live_rows[self.priority_row]]] = True
+        ducked = self.entry & live[self.entry_profile]
+        if not ducked.any():
+            return gains
+        data = gains.data.copy()
+        data[ducked] *= self.gain[self.entry_profile[ducked]]
+        return _Rows(data, gains.indices, gains.indptr, gains.n_cols)
 
 
 @dataclass
@@ -376,6 +456,8 @@ class Mixer:
         # Row signatures weigh each column by a fixed random number in (0, 1]: two rows
         # with equal signatures are equal, except with negligible probability.
         self._column_hash = 1.0 - np.random.default_rng(_SIGNATURE_SEED).random(capacity)
+        self._patches: list[tuple[int, ...]] = []
+        self._monitors: list[Monitor] = []
         self._routing = self._derive_routing([])
         self._profiles = self._listen_profiles(self._routing)
         self._stale = True
@@ -426,6 +508,35 @@ class Mixer:
         self._profiles = profiles
         self._stale = True
 
+    def set_routing(
+        self, patches: Sequence[Sequence[int]] = (), monitors: Sequence[Monitor] = ()
+    ) -> None:
+        """Replace the routing across rooms; ``W`` is rebuilt at the next :meth:`mix`.
+
+        ``patches`` are patch groups, each the rooms (``RoomTopology.room``) whose
+        listeners all hear the union of the group; the control plane has checked them
+        for cycles, so a room is in one group at most.  ``monitors`` give dispatchers
+        their rooms and volumes, one per leg.  A bad routing raises ``ValueError`` and
+        leaves the previous one in force.
+        """
+        groups = [tuple(int(room) for room in group) for group in patches]
+        rooms = [room for group in groups for room in group]
+        if len(set(rooms)) != len(rooms):
+            raise ValueError("a room is in more than one patch group")
+        legs = [monitor.leg for monitor in monitors]
+        if len(set(legs)) != len(legs):
+            raise ValueError("a leg has more than one monitor")
+        if any(not 0 <= leg < self.capacity for leg in legs):
+            raise ValueError("monitor leg is out of range")
+        before = self._patches, self._monitors
+        self._patches, self._monitors = [g for g in groups if len(g) > 1], list(monitors)
+        try:
+            self._profiles = self._listen_profiles(self._routing)
+        except ValueError:
+            self._patches, self._monitors = before
+            raise
+        self._stale = True
+
     def select(
         self, level_dbov: npt.NDArray[np.float32], active: npt.NDArray[np.bool_]
     ) -> npt.NDArray[np.intp]:
@@ -439,6 +550,8 @@ class Mixer:
           :class:`TalkerDetector`), loudest first, where a current talker counts
           ``displace_margin_db`` louder than it is, so that a newcomer must beat it by
           that margin to take its place.
+        - A room's monitor-only sources are chosen the same way, in any room mode, and
+          apart from its other talkers.
 
         A leg that was a source last tick and is dropped now is returned once more, if
         active, so that :meth:`mix` can ramp it out; ``fading`` marks those.
@@ -453,10 +566,11 @@ class Mixer:
 
         live = np.zeros(self.capacity, dtype=np.bool_)
         candidates = np.flatnonzero(
-            active & routing.talks & routing.in_open & self.detector.talking
+            active & routing.talks & routing.by_level & self.detector.talking
         )
         if candidates.size:
-            room = routing.leg_room[candidates]
+            # Ranked per row of B: a room's monitor-only sources do not displace its talkers.
+            room = routing.source_slot[candidates]
             score = level[candidates] + self.displace_margin_db * self.live[candidates]
             order = np.lexsort((candidates, -score, room))
             room = room[order]
@@ -544,9 +658,18 @@ class Mixer:
             out[legs] = np.concatenate([np.zeros(0, dtype)] + [getattr(r, name) for r in rooms])
             return out
 
+        def flags(name: str) -> npt.NDArray[np.bool_]:
+            out = np.zeros(capacity, dtype=np.bool_)
+            for room in rooms:
+                values = getattr(room, name)
+                if values is not None:
+                    out[room.legs] = values
+            return out
+
         leg_room = np.full(capacity, _NO_ROOM, dtype=np.intp)
         leg_room[legs] = np.repeat(np.arange(len(rooms)), [len(room.legs) for room in rooms])
         room_open = np.array([room.mode is RoomMode.OPEN for room in rooms], dtype=np.bool_)
+        monitor_only = flags("monitor_only")
         holders = np.array(
             [room.holder for room in rooms if room.holder != NO_HOLDER], dtype=np.intp
         )
@@ -555,42 +678,149 @@ class Mixer:
         member = leg_room != _NO_ROOM
         # Slot _NO_ROOM (-1) picks the appended False: a leg outside rooms is in none.
         in_open = np.append(room_open, False)[leg_room]
+        max_talkers = np.array([room.max_talkers for room in rooms], dtype=np.intp)
         return _Routing(
             leg_room=leg_room,
             listens=column("listens", np.bool_),
             talks=column("talks", np.bool_),
             gain=column("gain", np.float32),
             in_open=in_open,
+            by_level=in_open | monitor_only,
+            monitor_only=monitor_only,
+            dispatcher=flags("dispatcher"),
+            source_slot=np.where(monitor_only, leg_room + len(rooms), leg_room),
             ptt_legs=np.flatnonzero(member & ~in_open),
             is_holder=is_holder,
             holders=holders,
             room_ids=room_ids,
             room_open=room_open,
-            room_max_talkers=np.array([room.max_talkers for room in rooms], dtype=np.intp),
+            room_monitor_to_mix=np.array([room.monitor_to_mix for room in rooms], np.bool_),
+            room_max_talkers=np.concatenate([max_talkers, max_talkers]),
         )
 
     def _listen_profiles(self, routing: _Routing) -> _Profiles:
-        """Which rooms each listener hears, as a (profiles x rooms) gain matrix.
+        """Which rows of ``B`` each listener hears, as a (profiles x rows of B) gain matrix.
 
-        Today every room is one profile heard at unity gain by its listening members.
-        This is where routing by listener goes: a talkgroup patch is a profile holding
-        several rooms, a dispatcher monitoring rooms is a profile with one entry per
-        room (a ducked room at a lower gain), per-listener volume scales a profile.
-        Profiles that span rooms must be checked for cycles before they are applied.
+        With no patch, no monitor and no monitor-only source, every room is one profile
+        heard at unity gain by its listening members and ``B`` has one row per room.
+        Otherwise ``B`` has two rows per room slot ``s``: ``s`` for its sources and
+        ``n_rooms + s`` for its monitor-only sources, and:
+
+        - a room's profile is its patch group: the union of the group's rooms, plus the
+          monitor rows of those of them that are ``open`` and set ``monitor_to_mix``;
+        - a dispatcher leg (or a leg with a :class:`Monitor`) has a profile of its own:
+          its room's profile plus the room's monitor row, and the same for every room it
+          monitors, each at the room's gain; where rooms overlap the larger gain wins;
+        - entries outside the priority room's profile are ducked while it is live (see
+          :class:`_Ducking`).
+
+        Patch groups arrive checked for cycles (the control plane refuses a patch that
+        would close one), so a room is in one group at most.
         """
         n_rooms = len(routing.room_ids)
-        slots = np.arange(n_rooms, dtype=np.intp)
+        room_ids = routing.room_ids.tolist()
+        profile_of = np.where(routing.listens, routing.leg_room, _NO_ROOM).astype(np.intp)
+        room_keys: list[tuple[str, int]] = [(MixKind.ROOM, room) for room in room_ids]
+        if not (self._patches or self._monitors or routing.monitor_only.any()):
+            slots = np.arange(n_rooms, dtype=np.intp)
+            return _Profiles(
+                gains=_Rows(
+                    np.ones(n_rooms, dtype=np.float32),
+                    slots,
+                    np.arange(n_rooms + 1, dtype=np.intp),
+                    n_rooms,
+                ),
+                profile_of=profile_of,
+                codes=_room_code(routing.room_ids),
+                keys=room_keys,
+                one_per_room=True,
+            )
+
+        slot_of = {room: slot for slot, room in enumerate(room_ids)}
+        group: dict[int, list[int]] = {}
+        for patch in self._patches:
+            members = [slot_of[room] for room in patch if room in slot_of]
+            for slot in members:
+                group[slot] = members
+        mixed_monitor = routing.room_open & routing.room_monitor_to_mix
+
+        def hears(slot: int) -> dict[int, float]:
+            rows: dict[int, float] = {}
+            for member in group.get(slot, [slot]):
+                rows[member] = 1.0
+                if mixed_monitor[member]:
+                    rows[n_rooms + member] = 1.0
+            return rows
+
+        rows: list[int] = []
+        cols: list[int] = []
+        data: list[float] = []
+        for slot in range(n_rooms):
+            for row, gain in hears(slot).items():
+                rows.append(slot)
+                cols.append(row)
+                data.append(gain)
+
+        # Dispatchers: one profile each, after the rooms'.
+        monitors = {monitor.leg: monitor for monitor in self._monitors}
+        own = routing.listens & (routing.leg_room != _NO_ROOM)
+        legs = np.flatnonzero(own & routing.dispatcher).tolist()
+        legs = sorted(set(legs) | {leg for leg in monitors if own[leg]})
+        ducked: list[bool] = [False] * len(data)
+        duck_gain = np.ones(n_rooms + len(legs), dtype=np.float32)
+        priority_profile: list[int] = []
+        priority_row: list[int] = []
+        for i, leg in enumerate(legs):
+            profile = n_rooms + i
+            home = int(routing.leg_room[leg])
+            monitor = monitors.get(leg, Monitor(leg))
+            heard: dict[int, float] = {}
+            wanted = {room_ids[home]: monitor.rooms.get(room_ids[home], 1.0)}
+            wanted.update({r: g for r, g in monitor.rooms.items() if r != room_ids[home]})
+            for room, volume in wanted.items():
+                monitored = slot_of.get(room)
+                if monitored is None:
+                    continue
+                for row in [*hears(monitored), n_rooms + monitored]:
+                    heard[row] = max(heard.get(row, 0.0), float(volume))
+            priority: set[int] = set()
+            if monitor.priority is not None and monitor.priority in slot_of:
+                priority = set(hears(slot_of[monitor.priority]))
+                priority_profile += [profile] * len(priority)
+                priority_row += sorted(priority)
+                duck_gain[profile] = monitor.duck
+            for row, gain in heard.items():
+                rows.append(profile)
+                cols.append(row)
+                data.append(gain)
+                ducked.append(bool(priority) and row not in priority)
+            profile_of[leg] = profile
+
+        n_profiles = n_rooms + len(legs)
+        order = np.lexsort((np.array(cols, dtype=np.intp), np.array(rows, dtype=np.intp)))
+        gains = _Rows.from_entries(
+            np.array(rows, dtype=np.intp),
+            np.array(cols, dtype=np.intp),
+            np.array(data, dtype=np.float32),
+            n_profiles,
+            2 * n_rooms,
+        )
+        ducking = None
+        if priority_profile:
+            ducking = _Ducking(
+                entry=np.array(ducked, dtype=np.bool_)[order],
+                entry_profile=gains.row_of_entry(),
+                gain=duck_gain,
+                priority_profile=np.array(priority_profile, dtype=np.intp),
+                priority_row=np.array(priority_row, dtype=np.intp),
+            )
+        leg_codes = np.array(legs, dtype=np.int64) + _MONITOR_CODE_BASE
         return _Profiles(
-            gains=_Rows(
-                np.ones(n_rooms, dtype=np.float32),
-                slots,
-                np.arange(n_rooms + 1, dtype=np.intp),
-                n_rooms,
-            ),
-            profile_of=np.where(routing.listens, routing.leg_room, _NO_ROOM).astype(np.intp),
-            codes=_room_code(routing.room_ids),
-            keys=[(MixKind.ROOM, room) for room in routing.room_ids.tolist()],
-            one_per_room=True,
+            gains=gains,
+            profile_of=profile_of,
+            codes=np.concatenate([_room_code(routing.room_ids), leg_codes]),
+            keys=room_keys + [(MixKind.MONITOR, leg) for leg in legs],
+            ducking=ducking,
         )
 
     def _source_gains(
@@ -601,7 +831,7 @@ class Mixer:
         Mute, input gain, push-to-talk gating and ramping out a dropped source are all
         made here; so would whisper and emergency override be.
         """
-        gated = routing.in_open[sources] | routing.is_holder[sources]
+        gated = routing.by_level[sources] | routing.is_holder[sources]
         heard = gated & routing.talks[sources] & ~fading
         return np.where(heard, routing.gain[sources], np.float32(0.0)).astype(np.float32)
 
@@ -611,15 +841,24 @@ class Mixer:
             raise ValueError("source is out of range")
         routing = self._routing
         profiles = self._profiles
-        n_rooms = len(routing.room_ids)
 
         # B: rooms x legs, the gain of each source in its room.  Shared rows: profiles @ B.
         gain = self._source_gains(routing, sources, fading)
         heard = gain != 0
         by_room = _Rows.from_entries(
-            routing.leg_room[sources[heard]], sources[heard], gain[heard], n_rooms, self.capacity
+            routing.source_slot[sources[heard]],
+            sources[heard],
+            gain[heard],
+            profiles.gains.n_cols,
+            self.capacity,
         )
-        shared = by_room if profiles.one_per_room else profiles.gains.combine(by_room)
+        if profiles.one_per_room:
+            shared = by_room
+        else:
+            gains = profiles.gains
+            if profiles.ducking is not None:
+                gains = profiles.ducking.apply(gains, by_room.lengths() > 0)
+            shared = gains.combine(by_room)
 
         # N-1 rows: a listening source that is heard, or ramping out, gets its profile's
         # row without its own column.

@@ -30,6 +30,10 @@ class ParticipantKind(StrEnum):
     NODE = "node"
 
 
+#: How far a dispatcher's other monitored rooms drop while its priority room is live.
+DEFAULT_DUCK_DB = 12.0
+
+
 def new_id() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -71,6 +75,17 @@ class Participant:
     pre_emptive: bool = False
     receive_only: bool = False
     worker: int = 0
+    #: Monitor routing. A ``dispatcher`` leg hears its room's monitor-only sources and may
+    #: monitor other rooms of its worker, each at a gain (``monitor``: room id -> linear
+    #: gain); while ``priority_room`` has a live source the other rooms it hears are
+    #: ducked by ``duck_db``. A ``monitor_only`` source (camera audio) is heard only by
+    #: dispatcher legs (and by an ``open`` room with ``monitor_to_mix``) and never holds
+    #: or requests the floor.
+    dispatcher: bool = False
+    monitor_only: bool = False
+    monitor: dict[str, float] = field(default_factory=dict)
+    priority_room: str | None = None
+    duck_db: float = DEFAULT_DUCK_DB
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,6 +96,29 @@ class Participant:
         remote = data.pop("remote", None)
         kind = ParticipantKind(data.pop("kind"))
         return cls(kind=kind, remote=RtpEndpoint(**remote) if remote else None, **data)
+
+
+@dataclass
+class Patch:
+    """Talkgroups patched together by a dispatcher until unpatched.
+
+    The listeners of every room of a patch hear the union of the rooms' live sources, and
+    the rooms share one floor. Patches that share a room form one patch group; the patch
+    graph must stay a forest (no cycles), and a patch stays inside one media worker.
+    """
+
+    id: str
+    rooms: list[str]
+    worker: int = 0
+    created: float = 0.0
+    created_by: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Patch:
+        return cls(**data)
 
 
 @dataclass
@@ -95,6 +133,8 @@ class Room:
     #: Floor-control settings of a ptt room (keys of bridge.floor.FloorConfig).
     floor: dict[str, Any] = field(default_factory=dict)
     worker: int = 0
+    #: An ``open`` room also mixes its monitor-only sources (camera audio) for everyone.
+    monitor_to_mix: bool = False
     participants: dict[str, Participant] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

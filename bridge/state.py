@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import copy
 
-from .model import Participant, Room
+from .model import Participant, Patch, Room
 
 
 class StateStore(abc.ABC):
@@ -36,6 +36,17 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def delete_participant(self, room_id: str, participant_id: str) -> None: ...
 
+    # Talkgroup patches: kept beside the rooms, so that a restarted worker rehydrates them.
+    @abc.abstractmethod
+    async def put_patch(self, patch: Patch) -> None: ...
+
+    @abc.abstractmethod
+    async def delete_patch(self, patch_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def list_patches(self) -> list[Patch]:
+        """Every patch, oldest first."""
+
     async def rooms_of_worker(self, worker: int) -> list[Room]:
         return [room for room in await self.list_rooms() if room.worker == worker]
 
@@ -51,6 +62,7 @@ class MemoryStateStore(StateStore):
 
     def __init__(self) -> None:
         self._rooms: dict[str, Room] = {}
+        self._patches: dict[str, Patch] = {}
 
     async def put_room(self, room: Room) -> None:
         kept = self._rooms.get(room.id)
@@ -86,3 +98,12 @@ class MemoryStateStore(StateStore):
         room = self._rooms.get(room_id)
         if room is not None:
             room.participants.pop(participant_id, None)
+
+    async def put_patch(self, patch: Patch) -> None:
+        self._patches[patch.id] = copy.deepcopy(patch)
+
+    async def delete_patch(self, patch_id: str) -> None:
+        self._patches.pop(patch_id, None)
+
+    async def list_patches(self) -> list[Patch]:
+        return [copy.deepcopy(patch) for patch in self._patches.values()]

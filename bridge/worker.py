@@ -28,11 +28,11 @@ import numpy as np
 
 from .channel import Message, WorkerEnd
 from .config import FRAME_MS, Config, parse_config
-from .engine import AdmissionError, AudioEngine, LegSpec
+from .engine import AdmissionError, AudioEngine, LegSpec, MonitorSpec
 from .floor import CallType, FloorConfig, RevokeCause
 from .floorhub import FloorHub
 from .mmsg import BatchSocket, rcvbuf_errors, set_receive_buffer
-from .model import RoomMode
+from .model import DEFAULT_DUCK_DB, RoomMode
 from .recorder import BurstInfo, RecordingStart, RecordKind
 from .rtcpsession import LegCounters, RtcpSession
 from .shmring import RingWriter
@@ -239,15 +239,22 @@ class MediaWorker:
                     "mode": room["mode"],
                     "floor": room.get("floor"),
                     "record": room.get("record", False),
+                    "monitor_to_mix": room.get("monitor_to_mix", False),
                 }
             )
             for participant in room["participants"]:
                 self._add_leg(participant)
                 legs += 1
+        self.op_set_patches({"groups": message.get("patches", [])})
         return {"rooms": len(message["rooms"]), "legs": legs}
 
     def op_add_room(self, message: Message) -> dict[str, Any]:
-        room = self.engine.add_room(message["room"], message["name"], RoomMode(message["mode"]))
+        room = self.engine.add_room(
+            message["room"],
+            message["name"],
+            RoomMode(message["mode"]),
+            monitor_to_mix=message.get("monitor_to_mix", False),
+        )
         if room.mode is RoomMode.PTT:
             self.floor.add_room(room.id, _floor_config(message.get("floor")))
         self._set_record(room.id, message.get("record", False))
@@ -289,10 +296,15 @@ class MediaWorker:
                 muted=p.get("muted", False),
                 alias=p.get("name", ""),
                 latch=p.get("latch", False),
+                dispatcher=p.get("dispatcher", False),
+                monitor_only=p.get("monitor_only", False),
             )
         )
         self.rtcp.add(p["id"], remote["ip"], remote["port"], leg.ssrc_out)
-        if p["room"] in self.floor.servers:
+        if p.get("monitor") or p.get("priority_room"):
+            self.op_set_monitor({"participant": p["id"], **p})
+        # A monitor-only source (camera audio) never requests or holds the floor.
+        if p["room"] in self.floor.servers and not p.get("monitor_only", False):
             self.floor.join(
                 p["room"],
                 p["id"],
@@ -342,10 +354,46 @@ class MediaWorker:
     def op_set_holder(self, message: Message) -> None:
         self.engine.set_holder(message["room"], message.get("participant"))
 
+    # ---------------------------------------------------------------- routing
+    def op_set_patches(self, message: Message) -> dict[str, Any]:
+        """Patch groups of this worker's rooms (the control process checked for cycles).
+
+        Every room of a group hears the union of the group (a W edit in the mixer), and
+        the group's ptt rooms share one floor, the first ptt room's (see FloorHub).
+        """
+        groups: list[list[str]] = [list(group) for group in message["groups"]]
+        unknown = [r for group in groups for r in group if r not in self.engine.rooms]
+        if unknown:
+            raise KeyError(f"unknown room: {unknown[0]}")
+        self.floor.set_patches(groups)
+        self.engine.set_patches(groups)
+        return {"groups": len(groups)}
+
+    def op_set_monitor(self, message: Message) -> None:
+        """What a dispatcher leg monitors: rooms with gains, a priority room, duck depth."""
+        rooms = {str(r): float(g) for r, g in (message.get("monitor") or {}).items()}
+        priority = message.get("priority_room")
+        if not rooms and priority is None:
+            self.engine.set_monitor(message["participant"], None)
+            return
+        self.engine.set_monitor(
+            message["participant"],
+            MonitorSpec(rooms, priority, float(message.get("duck_db", DEFAULT_DUCK_DB))),
+        )
+
     # ------------------------------------------------------------------ floor
+    def _floor_member(self, participant: str) -> str:
+        """A participant a floor action may name: never a monitor-only source."""
+        leg = self.engine.legs.get(participant)
+        if leg is not None and leg.spec.monitor_only:
+            raise ValueError(
+                f"participant is a monitor-only source and never takes the floor: {participant}"
+            )
+        return participant
+
     def op_floor_request(self, message: Message) -> dict[str, Any]:
         return self.floor.request(
-            message["participant"],
+            self._floor_member(message["participant"]),
             priority=message.get("priority"),
             vouched=True,
             call_type=CallType[message.get("call_type", "normal").upper().replace("-", "_")],
@@ -358,11 +406,11 @@ class MediaWorker:
         self.floor.revoke(message["room"], RevokeCause(message.get("cause", RevokeCause.OTHER)))
 
     def op_floor_grant_to(self, message: Message) -> None:
-        self.floor.grant_to(message["participant"])
+        self.floor.grant_to(self._floor_member(message["participant"]))
 
     def op_floor_override(self, message: Message) -> None:
         call_type = CallType[message.get("call_type", "normal").upper().replace("-", "_")]
-        self.floor.override(message["participant"], call_type=call_type)
+        self.floor.override(self._floor_member(message["participant"]), call_type=call_type)
 
     def op_floor_receive_only(self, message: Message) -> None:
         self.floor.set_receive_only(message["participant"], message["receive_only"])

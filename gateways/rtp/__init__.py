@@ -47,6 +47,10 @@ class RtpJoin(BaseModel):
     user_id: str = Field(default="", max_length=128)
     pre_emptive: bool = False
     receive_only: bool = False
+    #: A dispatcher's leg hears monitor-only sources; a monitor-only source (camera audio)
+    #: is heard by dispatchers only and never takes the floor.
+    dispatcher: bool = False
+    monitor_only: bool = False
 
 
 async def join(control: Control, room: str, request: RtpJoin) -> dict[str, Any]:
@@ -67,6 +71,8 @@ async def join(control: Control, room: str, request: RtpJoin) -> dict[str, Any]:
         user_id=request.user_id,
         pre_emptive=request.pre_emptive,
         receive_only=request.receive_only,
+        dispatcher=request.dispatcher,
+        monitor_only=request.monitor_only,
     )
     participant, media = await control.join(room, leg)
     return {
