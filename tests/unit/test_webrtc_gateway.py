@@ -1,0 +1,404 @@
+"""The WebRTC gateway against aiortc clients, with a fake gateway link and a fake worker.
+
+The fake link answers ``room``/``join``/``leave``/``publish`` as the control process
+does; the fake worker is a UDP socket on 127.0.0.1 that keeps the L16 frames the gateway
+sends and sends its own tone back as the leg's mix. Host candidates are restricted to
+127.0.0.1 through the gateway's own ``interfaces`` setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import struct
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aioice.ice
+import av
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from bridge.gatewaylink import LinkError
+from bridge.gateways.webrtc import ice
+from bridge.gateways.webrtc.audio import FRAME_BYTES, L16_RATE, l16_packet, l16_payload
+from bridge.gateways.webrtc.gateway import UNSUPPORTED_CODECS, Settings, WebRtcGateway
+from bridge.gateways.webrtc.video import EncodedTrack, VideoSource, VideoUnit, is_keyframe
+
+TONE_TO_WORKER = 440.0
+TONE_FROM_WORKER = 1000.0
+WAIT_S = 10.0
+
+
+def band_share(pcm: np.ndarray[Any, Any], freq: float, rate: int) -> float:
+    x = pcm.astype(np.float64) * np.hanning(len(pcm))
+    spectrum = np.abs(np.fft.rfft(x)) ** 2
+    freqs = np.fft.rfftfreq(len(pcm), 1 / rate)
+    total = float(spectrum.sum())
+    return float(spectrum[(freqs > freq - 30) & (freqs < freq + 30)].sum()) / total if total else 0
+
+
+class ToneTrack(MediaStreamTrack):
+    """A browser's microphone: a sine at 48 kHz, paced at 20 ms."""
+
+    kind = "audio"
+
+    def __init__(self, freq: float) -> None:
+        super().__init__()
+        self.freq = freq
+        self.pts = 0
+        self.start: float | None = None
+
+    async def recv(self) -> av.AudioFrame:
+        if self.start is None:
+            self.start = time.monotonic()
+        due = self.start + self.pts / 48000
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        t = (np.arange(960) + self.pts) / 48000
+        pcm = (8000 * np.sin(2 * np.pi * self.freq * t)).astype(np.int16)
+        frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 48000
+        frame.pts = self.pts
+        frame.time_base = fractions.Fraction(1, 48000)
+        self.pts += 960
+        return frame
+
+
+class BallTrack(MediaStreamTrack):
+    """A browser's camera: moving frames at 25 fps, encoded by aiortc (VP8)."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    async def recv(self) -> av.VideoFrame:
+        await asyncio.sleep(0.04)
+        image = np.zeros((120, 160, 3), dtype=np.uint8)
+        image[:, (self.count * 4) % 160 :] = (200, 50, 50)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = self.count * 3600
+        frame.time_base = fractions.Fraction(1, 90000)
+        self.count += 1
+        return frame
+
+
+class FakeWorker(asyncio.DatagramProtocol):
+    """The media worker's RTP port: keeps what arrives, sends a tone to the leg."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+        self.peer: tuple[str, int] | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.frames.append(l16_payload(data))
+
+    async def send_tone(self, seconds: float) -> None:
+        samples = L16_RATE // 50
+        for i in range(int(seconds * 50)):
+            t = (np.arange(samples) + i * samples) / L16_RATE
+            pcm = (8000 * np.sin(2 * np.pi * TONE_FROM_WORKER * t)).astype(">i2").tobytes()
+            if self.transport is not None and self.peer is not None:
+                self.transport.sendto(l16_packet(i, i * samples, 1234, pcm, i == 0), self.peer)
+            await asyncio.sleep(0.02)
+
+    def heard(self) -> np.ndarray[Any, Any]:
+        return np.frombuffer(b"".join(self.frames), dtype=">i2").astype(np.int16)
+
+
+class FakeLink:
+    """The control process's side of the gateway link, as far as the gateway uses it."""
+
+    def __init__(self, worker_port: int, worker: FakeWorker) -> None:
+        self.worker_port = worker_port
+        self.worker = worker
+        self.joined: dict[str, dict[str, Any]] = {}
+        self.left: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self.ids = 0
+
+    async def request(self, op: str, **args: Any) -> Any:
+        if op == "room":
+            if args["room"] not in ("tac-1", "r1"):
+                raise LinkError(f"unknown room: {args['room']}", "NotFound")
+            return {"id": "r1", "name": "tac-1"}
+        if op == "join":
+            self.ids += 1
+            pid = f"p{self.ids}"
+            participant = dict(args["participant"], id=pid, room=args["room"])
+            self.joined[pid] = participant
+            remote = participant["remote"]
+            self.worker.peer = (remote["ip"], remote["port"])
+            return {
+                "participant": participant,
+                "media": {
+                    "rtp": {"ip": "127.0.0.1", "port": self.worker_port},
+                    "rtcp": {"ip": "127.0.0.1", "port": self.worker_port + 1},
+                    "ssrc": 1234,
+                },
+            }
+        if op == "leave":
+            self.joined.pop(args["participant"], None)
+            self.left.append(args["participant"])
+            return None
+        if op == "publish":
+            self.events.append(args["event"])
+            return None
+        raise LinkError(f"unknown op {op}", "Invalid")
+
+
+@pytest.fixture
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Host candidates on 127.0.0.1, through the gateway's own ``interfaces`` setting."""
+    original = aioice.ice.get_host_addresses
+    ice.restrict_host_addresses(["127.0.0.1"])
+    restricted = aioice.ice.get_host_addresses
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", original)
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", restricted)
+
+
+@pytest.fixture
+async def bridge(loopback_only: None) -> AsyncIterator[tuple[WebRtcGateway, FakeLink, FakeWorker]]:
+    loop = asyncio.get_running_loop()
+    worker = FakeWorker()
+    transport, _ = await loop.create_datagram_endpoint(lambda: worker, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    link = FakeLink(port, worker)
+    gateway = WebRtcGateway(link, Settings(max_publishers=1, max_subscribers=1))
+    gateway.start()
+    yield gateway, link, worker
+    await gateway.close()
+    transport.close()
+
+
+async def connect(
+    gateway: WebRtcGateway,
+    client: RTCPeerConnection,
+    session: str,
+    user: str = "alice",
+    **kwargs: Any,
+) -> dict[str, Any]:
+    offer = await client.createOffer()
+    await client.setLocalDescription(offer)
+    answer = await gateway.offer(
+        user=user, room="tac-1", sdp=client.localDescription.sdp, session=session, **kwargs
+    )
+    await client.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+    return answer
+
+
+async def wait_for(predicate: Any, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def record(track: MediaStreamTrack, seconds: float) -> np.ndarray[Any, Any]:
+    chunks = []
+    deadline = time.monotonic() + seconds
+    with contextlib.suppress(MediaStreamError):
+        while time.monotonic() < deadline:
+            frame = await asyncio.wait_for(track.recv(), WAIT_S)
+            chunks.append(frame.to_ndarray().reshape(-1, 2)[:, 0])
+    return np.concatenate(chunks)
+
+
+async def test_audio_both_ways_through_the_loopback_leg(bridge: Any) -> None:
+    gateway, link, worker = bridge
+    client = RTCPeerConnection()
+    client.addTrack(ToneTrack(TONE_TO_WORKER))
+    received: list[MediaStreamTrack] = []
+    client.on("track", received.append)
+    try:
+        answer = await connect(gateway, client, "s1", priority=200, dispatcher=True)
+        assert "a=candidate" in answer["sdp"]  # half-trickle: all of the bridge's candidates
+        assert link.joined[answer["participant"]]["codec"] == "L16"
+        assert link.joined[answer["participant"]]["dispatcher"] is True
+        await wait_for(lambda: len(worker.frames) >= 50)
+        assert all(len(f) == FRAME_BYTES for f in worker.frames)
+        heard = worker.heard()[-L16_RATE // 2 :]
+        assert band_share(heard, TONE_TO_WORKER, L16_RATE) > 0.8
+
+        sending = asyncio.ensure_future(worker.send_tone(2.0))
+        await wait_for(lambda: bool(received))
+        pcm = await record(received[0], 1.5)
+        assert band_share(pcm[-48000 // 2 :], TONE_FROM_WORKER, 48000) > 0.8
+        await sending
+        stats = await gateway.stats()
+        assert stats["sessions"][0]["audio"]["received"] > 0
+    finally:
+        await client.close()
+
+
+async def test_reconnect_with_the_same_session_replaces_the_leg(bridge: Any) -> None:
+    gateway, link, worker = bridge  # noqa: RUF059
+    first = RTCPeerConnection()
+    first.addTrack(ToneTrack(TONE_TO_WORKER))
+    second = RTCPeerConnection()
+    second.addTrack(ToneTrack(TONE_TO_WORKER))
+    try:
+        a = await connect(gateway, first, "same")
+        b = await connect(gateway, second, "same")
+        assert a["participant"] in link.left
+        assert list(link.joined) == [b["participant"]]
+        assert len(gateway.sessions) == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_peer_connection_closed_leaves_the_room(bridge: Any) -> None:
+    gateway, link, worker = bridge
+    client = RTCPeerConnection()
+    client.addTrack(ToneTrack(TONE_TO_WORKER))
+    answer = await connect(gateway, client, "s1")
+    await wait_for(lambda: len(worker.frames) > 5)
+    await client.close()
+    # The browser is gone without a hangup: DTLS close_notify ends the connection here;
+    # a vanished one fails consent freshness after ~30 s the same way.
+    await wait_for(lambda: answer["participant"] in link.left, timeout=40)
+    assert not gateway.sessions
+    assert any(e["event"] == "webrtc_session" and e["state"] == "closed" for e in link.events)
+
+
+async def test_unsupported_codecs_are_refused_with_a_clear_error(bridge: Any) -> None:
+    gateway, link, worker = bridge  # noqa: RUF059
+    client = RTCPeerConnection()
+    transceiver = client.addTransceiver("audio")
+    # Only G.711 offered: the bridge needs Opus from browsers.
+    from aiortc import RTCRtpSender
+
+    transceiver.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/PCMU"]
+    )
+    offer = await client.createOffer()
+    await client.setLocalDescription(offer)
+    with pytest.raises(LinkError) as refused:
+        await gateway.offer(user="bob", room="tac-1", sdp=client.localDescription.sdp, session="x")
+    assert str(refused.value) == UNSUPPORTED_CODECS
+    assert refused.value.kind == "Invalid"
+    assert not link.joined and not gateway.sessions
+    await wait_for(lambda: any(e["event"] == "webrtc_error" for e in link.events))
+    await client.close()
+
+
+async def test_unknown_room_and_bad_sdp(bridge: Any) -> None:
+    gateway, link, worker = bridge  # noqa: RUF059
+    with pytest.raises(ValueError, match="SDP offer needs exactly one audio m-line"):
+        await gateway.offer(user="bob", room="tac-1", sdp="v=0\r\n", session="x")
+    client = RTCPeerConnection()
+    client.addTransceiver("audio")
+    await client.setLocalDescription(await client.createOffer())
+    with pytest.raises(LinkError, match="unknown room: nowhere"):
+        await gateway.offer(
+            user="bob", room="nowhere", sdp=client.localDescription.sdp, session="x"
+        )
+    await client.close()
+
+
+async def test_video_forwarded_without_transcoding_and_limits(bridge: Any) -> None:
+    gateway, link, worker = bridge  # noqa: RUF059
+    publisher = RTCPeerConnection()
+    publisher.addTrack(ToneTrack(TONE_TO_WORKER))
+    publisher.addTrack(BallTrack())
+    viewer = RTCPeerConnection()
+    viewer.addTransceiver("audio")
+    viewer.addTransceiver("video", direction="recvonly")
+    tracks: list[MediaStreamTrack] = []
+    viewer.on("track", tracks.append)
+    extra = RTCPeerConnection()
+    extra.addTrack(ToneTrack(TONE_TO_WORKER))
+    extra.addTrack(BallTrack())
+    try:
+        pub = await connect(gateway, publisher, "pub", user="cam-user")
+        source = pub["publishing"]
+        assert source == f"webrtc:{pub['participant']}"
+        view = await connect(gateway, viewer, "view", user="watcher", video_sources=[source])
+        assert view["views"][0]["codec"] == "VP8"
+        video = next(t for t in tracks if t.kind == "video")
+        frames = 0
+        for _ in range(10):
+            frame = await asyncio.wait_for(video.recv(), WAIT_S)
+            assert frame.width == 160
+            frames += 1
+        stats = {s["source"]: s for s in (await gateway.stats())["sources"]}
+        assert stats[source]["forwarded"] >= frames
+        assert stats[source]["transcoded"] == 0
+        assert stats[source]["keyframes_in"] >= 1
+        # One publisher per room here: the next one is refused, clearly.
+        with pytest.raises(LinkError, match="room tac-1 has its maximum of 1 video publishers"):
+            await connect(gateway, extra, "extra", user="other")
+    finally:
+        for pc in (publisher, viewer, extra):
+            await pc.close()
+
+
+def test_keyframe_detection() -> None:
+    assert is_keyframe("VP8", bytes([0x10, 0x02, 0x00, 0x9D, 0x01, 0x2A]))
+    assert not is_keyframe("VP8", bytes([0x11, 0x02, 0x00]))
+    assert is_keyframe("H264", b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x65\x88")
+    assert not is_keyframe("H264", b"\x00\x00\x00\x01\x41\x9a")
+    assert not is_keyframe("AV1", b"\x00")
+
+
+async def test_transcoded_once_per_source_not_per_viewer() -> None:
+    """Two H.264 viewers of a VP8 source share one transcoder; a VP8 viewer is forwarded."""
+    source = VideoSource("webrtc:p1", "r1")
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = 64, 48, "yuv420p"
+    encoder.time_base = fractions.Fraction(1, 90000)
+    encoder.options = {"deadline": "realtime", "lag-in-frames": "0"}
+    h264_a, h264_b, vp8 = EncodedTrack("H264"), EncodedTrack("H264"), EncodedTrack("VP8")
+    source.add_viewer(vp8)
+    units = []
+    for i in range(10):
+        image = np.full((48, 64, 3), i * 20, dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i * 3000
+        for packet in encoder.encode(frame):
+            data = bytes(packet)
+            units.append(VideoUnit("VP8", i * 3000, is_keyframe("VP8", data), data, time.time()))
+    source.publish(units[0])
+    source.add_viewer(h264_a)
+    source.add_viewer(h264_b)
+    assert list(source.transcoders) == ["H264"]
+    for unit in units[1:]:
+        source.publish(unit)
+    await wait_for(lambda: source.counters.transcoded >= 5)
+    received = [await asyncio.wait_for(h264_a.recv(), WAIT_S) for _ in range(3)]
+    assert received[0].pts is not None
+    assert source.counters.transcoded < len(units) + 1  # once per frame, not per viewer
+    assert source.counters.forwarded == len(units)
+    await source.close()
+
+
+def test_interface_addresses() -> None:
+    assert ice.interface_addresses(["127.0.0.1", "lo", "::1"])[0] == "127.0.0.1"
+    with pytest.raises(ValueError, match="unknown interface or address: nope0"):
+        ice.interface_addresses(["nope0"])
+
+
+def test_l16_payload_errors() -> None:
+    good = l16_packet(1, 2, 3, b"\x00" * FRAME_BYTES, True)
+    assert l16_payload(good) == b"\x00" * FRAME_BYTES
+    with pytest.raises(ValueError, match="RTP packet is truncated"):
+        l16_payload(good[:8])
+    with pytest.raises(ValueError, match="L16 payload is not one 20 ms frame"):
+        l16_payload(good[:-2])
+    bad_pt = bytearray(good)
+    bad_pt[1] = 0
+    with pytest.raises(ValueError, match="RTP packet has unexpected payload type"):
+        l16_payload(bytes(bad_pt))
+    header = struct.unpack("!BBHII", good[:12])
+    assert header[0] == 0x80 and header[1] & 0x80
