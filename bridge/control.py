@@ -28,7 +28,7 @@ from typing import Any
 from . import channel
 from .config import Config
 from .gatewayhost import GatewayHost
-from .model import Participant, Room, RoomMode, new_id
+from .model import Participant, Patch, Room, RoomMode, new_id
 from .recording import RecorderService
 from .state import MemoryStateStore, StateStore
 
@@ -101,6 +101,8 @@ class Control:
         self.epoch = new_id()
         self.alerts: dict[str, dict[str, Any]] = {}
         self.sequence = 0
+        #: (worker, ip, port) → (room id, participant id) of the leg that declared it.
+        self._rtp_remotes: dict[tuple[int, str, int], tuple[str, str]] = {}
         #: The gateway processes (SIP, WebRTC, camera): see bridge.gatewayhost.
         self.gateways = GatewayHost(self)
 
@@ -119,6 +121,7 @@ class Control:
                     room_config.mode,
                     room_config.record,
                     room_config.floor.model_dump(),
+                    monitor_to_mix=room_config.monitor_to_mix,
                 )
 
     async def _supervise(self) -> None:
@@ -230,7 +233,12 @@ class Control:
         if self.recorder is not None:
             await self.command(worker.index, "recorder", ring=self.recorder.ring_name(worker.index))
         rooms = await self.store.rooms_of_worker(worker.index)
-        await self.command(worker.index, "hydrate", rooms=[r.to_dict() for r in rooms])
+        await self.command(
+            worker.index,
+            "hydrate",
+            rooms=[r.to_dict() for r in rooms],
+            patches=await self._patch_groups(worker.index),
+        )
         worker.state = "running"
         self._prepare_standby()
 
@@ -387,6 +395,8 @@ class Control:
         mode: RoomMode = RoomMode.OPEN,
         record: bool = False,
         floor: dict[str, Any] | None = None,
+        *,
+        monitor_to_mix: bool = False,
     ) -> Room:
         if await self.find_room(name) is not None:
             raise ConflictError(f"room already exists: {name}")
@@ -398,6 +408,7 @@ class Control:
             floor=dict(floor or {}),
             rate=self.config.media.room_rate,
             worker=await self._place(),
+            monitor_to_mix=monitor_to_mix,
         )
         await self.store.put_room(room)
         try:
@@ -409,6 +420,7 @@ class Control:
                 mode=str(mode),
                 record=record,
                 floor=room.floor,
+                monitor_to_mix=monitor_to_mix,
             )
         except WorkerError:
             await self.store.delete_room(room.id)
@@ -421,14 +433,18 @@ class Control:
                 "mode": str(mode),
                 "record": record,
                 "worker": room.worker,
+                "monitor_to_mix": monitor_to_mix,
             }
         )
         return room
 
     async def delete_room(self, name_or_id: str) -> None:
         room = await self.get_room(name_or_id)
+        patched = await self._drop_patches_of(room)
         await self.store.delete_room(room.id)
         await self._running_command(room.worker, "remove_room", room=room.id)
+        if patched:
+            await self._apply_patches(room.worker)
         self.publish({"event": "room_deleted", "room": room.id})
 
     async def set_recording(self, name_or_id: str, record: bool) -> Room:
@@ -450,7 +466,36 @@ class Control:
         """
         room = await self.get_room(room_name)
         participant = dataclasses.replace(leg, id=new_id(), room=room.id, worker=room.worker)
-        result = await self._running_command(room.worker, "join", participant=participant.to_dict())
+        # A worker demultiplexes RTP by source address: two legs declaring one address would
+        # leave one of them deaf. Refused, unless both latch (symmetric RTP, RFC 4961): a
+        # latching leg is re-pointed to the port its packets really come from.
+        remote = leg.remote
+        key = (room.worker, remote.ip, remote.port) if remote is not None else None
+        if remote is not None and key in self._rtp_remotes:
+            room_id, other_id = self._rtp_remotes[(room.worker, remote.ip, remote.port)]
+            holder = room if room_id == room.id else await self.store.get_room(room_id)
+            other = holder.participants.get(other_id) if holder is not None else None
+            if (
+                holder is not None
+                and other is not None
+                and holder.worker == room.worker
+                and other.remote == remote
+                and not (other.latch and leg.latch)
+            ):
+                raise ConflictError(
+                    f"RTP address {remote.ip}:{remote.port} is already used by participant "
+                    f"{other.id} in room {holder.name}"
+                )
+        if key is not None:
+            self._rtp_remotes[key] = (room.id, participant.id)
+        try:
+            result = await self._running_command(
+                room.worker, "join", participant=participant.to_dict()
+            )
+        except BaseException:
+            if key is not None and self._rtp_remotes.get(key) == (room.id, participant.id):
+                del self._rtp_remotes[key]
+            raise
         await self.store.put_participant(participant)
         self.publish(
             {
@@ -561,6 +606,151 @@ class Control:
         state: dict[str, Any] = await self._floor(room, "floor_state")
         return state
 
+    # ------------------------------------------------- patches and monitoring
+    # Talkgroup patches and a dispatcher's monitored rooms are edits of the mixing matrix
+    # of one media worker (DESIGN.md, "The mix is one sparse matrix"): rooms are sharded
+    # by dispatch domain so that both stay inside one worker.
+
+    async def list_patches(self) -> list[Patch]:
+        return await self.store.list_patches()
+
+    async def create_patch(self, rooms: list[str], by: str = "") -> Patch:
+        """Patch rooms together: audio and floor joined until :meth:`delete_patch`.
+
+        Refused (ConflictError) when a room is named twice, the rooms are on different
+        media workers or differ in mode, or the patch would close a cycle in the patch
+        graph (DESIGN.md: patches are checked for cycles before they are applied).
+        """
+        found = [await self.get_room(name) for name in rooms]
+        ids = [room.id for room in found]
+        if len(found) < 2:
+            raise ConflictError("a patch needs at least two rooms")
+        twice = next((room for i, room in enumerate(found) if room.id in ids[:i]), None)
+        if twice is not None:
+            raise ConflictError(f"a room cannot be patched with itself: {twice.name}")
+        workers = sorted({room.worker for room in found})
+        if len(workers) > 1:
+            raise ConflictError(
+                "rooms are on different media workers ("
+                + ", ".join(f"{room.name} on {room.worker}" for room in found)
+                + "); patches stay inside one worker"
+            )
+        modes = {room.mode for room in found}
+        if len(modes) > 1:
+            raise ConflictError("rooms of a patch must have the same mode (open or ptt)")
+        patches = await self.store.list_patches()
+        component = _patch_components(patches)
+        for i, a in enumerate(found):
+            for b in found[i + 1 :]:
+                if component.get(a.id, a.id) == component.get(b.id, b.id):
+                    raise ConflictError(
+                        f"patch would close a cycle: {a.name} and {b.name} are already patched "
+                        "together"
+                    )
+        patch = Patch(id=new_id(), rooms=ids, worker=workers[0], created=time.time(), created_by=by)
+        await self.store.put_patch(patch)
+        try:
+            await self._apply_patches(patch.worker)
+        except WorkerError:
+            await self.store.delete_patch(patch.id)
+            raise
+        self.publish({"event": "patch_created", "room": ids[0], "patch": patch.to_dict()})
+        return patch
+
+    async def delete_patch(self, patch_id: str) -> Patch:
+        patch = next((p for p in await self.store.list_patches() if p.id == patch_id), None)
+        if patch is None:
+            raise NotFoundError(f"unknown patch: {patch_id}")
+        await self.store.delete_patch(patch_id)
+        await self._apply_patches(patch.worker)
+        self.publish({"event": "patch_removed", "room": patch.rooms[0], "patch": patch.to_dict()})
+        return patch
+
+    async def _patch_groups(self, worker: int) -> list[list[str]]:
+        """The patch groups of a worker's rooms; each group's anchor (its first room, whose
+        floor settings the group's one floor uses) is the first room of its oldest patch."""
+        patches = [p for p in await self.store.list_patches() if p.worker == worker]
+        patches.sort(key=lambda p: p.created)
+        component = _patch_components(patches)
+        groups: dict[str, list[str]] = {}
+        for patch in patches:
+            group = groups.setdefault(component[patch.rooms[0]], [])
+            group.extend(room for room in patch.rooms if room not in group)
+        return list(groups.values())
+
+    async def _apply_patches(self, worker: int) -> None:
+        await self._running_command(worker, "set_patches", groups=await self._patch_groups(worker))
+
+    async def _drop_patches_of(self, room: Room) -> bool:
+        """A room is going away: its patches go with it (True: it had some)."""
+        dropped = False
+        for patch in await self.store.list_patches():
+            if room.id in patch.rooms:
+                await self.store.delete_patch(patch.id)
+                dropped = True
+                self.publish(
+                    {"event": "patch_removed", "room": patch.rooms[0], "patch": patch.to_dict()}
+                )
+        return dropped
+
+    async def set_monitor(
+        self,
+        room_name: str,
+        participant_id: str,
+        rooms: dict[str, float],
+        priority_room: str | None = None,
+        duck_db: float | None = None,
+    ) -> Participant:
+        """What a dispatcher leg monitors besides its room, at what volume, and which room
+        has priority (ducking the others while it has a live source). ``rooms`` maps room
+        names or ids to linear gains; its own room may be given to set its volume."""
+        room = await self.get_room(room_name)
+        participant = room.participants.get(participant_id)
+        if participant is None:
+            raise NotFoundError(f"unknown participant: {participant_id}")
+        if not participant.dispatcher:
+            raise ConflictError(f"participant is not a dispatcher leg: {participant_id}")
+        monitor: dict[str, float] = {}
+        for name, gain in rooms.items():
+            other = await self.get_room(name)
+            if other.worker != room.worker:
+                raise ConflictError(
+                    f"room {other.name} is on media worker {other.worker}, the dispatcher's "
+                    f"room on {room.worker}; monitoring stays inside one worker"
+                )
+            monitor[other.id] = float(gain)
+        priority = None
+        if priority_room is not None:
+            priority = (await self.get_room(priority_room)).id
+            if priority != room.id and priority not in monitor:
+                raise ConflictError(
+                    f"priority room is neither the dispatcher's room nor monitored: {priority_room}"
+                )
+        participant.monitor = monitor
+        participant.priority_room = priority
+        if duck_db is not None:
+            participant.duck_db = duck_db
+        await self._running_command(
+            room.worker,
+            "set_monitor",
+            participant=participant_id,
+            monitor=monitor,
+            priority_room=priority,
+            duck_db=participant.duck_db,
+        )
+        await self.store.put_participant(participant)
+        self.publish(
+            {
+                "event": "monitor_updated",
+                "room": room.id,
+                "participant": participant_id,
+                "monitor": monitor,
+                "priority_room": priority,
+                "duck_db": participant.duck_db,
+            }
+        )
+        return participant
+
     # ----------------------------------------------------------------- alerts
     def _raise_alert(self, event: dict[str, Any]) -> None:
         """An emergency or imminent-peril request raises an alert for dispatchers."""
@@ -632,6 +822,24 @@ class Control:
             "recorder": recorder,
             "gateways": self.gateways.health(),
         }
+
+
+def _patch_components(patches: list[Patch]) -> dict[str, str]:
+    """Union-find over the patch graph: each patched room -> its component's root."""
+    parent: dict[str, str] = {}
+
+    def root(room: str) -> str:
+        parent.setdefault(room, room)
+        while parent[room] != room:
+            parent[room] = parent[parent[room]]
+            room = parent[room]
+        return room
+
+    for patch in patches:
+        first = root(patch.rooms[0])
+        for room in patch.rooms[1:]:
+            parent[root(room)] = first
+    return {room: root(room) for room in list(parent)}
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -4,7 +4,11 @@
 
 # Debian packages the test suite drives as real peers.
 # chromium is the dispatcher console's browser (driven by playwright, never downloaded).
-TEST_DEBIAN_PACKAGES=(janus tshark sox chromium)
+TEST_DEBIAN_PACKAGES=(janus tshark sox chromium baresip-core sip-tester espeak-ng)
+# A real RTSP camera (GStreamer's RTSP server, run by the system python3 with GI) and
+# ffmpeg (the video test fixtures).
+TEST_DEBIAN_PACKAGES+=(gir1.2-gst-rtsp-server-1.0 python3-gi gstreamer1.0-plugins-good
+    gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-tools ffmpeg)
 
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi

@@ -7,6 +7,7 @@ internals, and it never does media work. Every error is a JSON body
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from bridge.audit import AuditLog
 from bridge.config import FloorSettings
@@ -27,6 +28,7 @@ from bridge.model import RoomMode
 
 from . import metrics
 from .auth import AuthError, Identity, Role, TokenAuthority
+from .openapi import Empty, mark_roles, operation, read_body
 
 logger = logging.getLogger("bridge.web")
 
@@ -65,6 +67,8 @@ class RoomCreate(_Schema):
     mode: RoomMode = RoomMode.OPEN
     record: bool = False
     floor: FloorSettings = FloorSettings()
+    #: An ``open`` room also mixes its monitor-only sources (camera audio) for everyone.
+    monitor_to_mix: bool = False
 
 
 class FloorAction(StrEnum):
@@ -96,22 +100,171 @@ class RecordingSwitch(_Schema):
     recording: bool
 
 
-async def _body(request: web.Request, schema: type[BaseModel]) -> Any:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text='{"error": "request body is not valid JSON"}', content_type="application/json"
-        ) from None
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise web.HTTPUnprocessableEntity(
-            text=web.json_response({"error": f"{where}: {first['msg']}"}).text,
-            content_type="application/json",
-        ) from None
+# ----------------------------------------------------------- answers (OpenAPI)
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Endpoint(_Answer):
+    ip: str
+    port: int
+
+
+class ParticipantOut(_Answer):
+    id: str
+    kind: str
+    name: str
+    codec: str
+    payload_type: int
+    gain: float
+    muted: bool
+    dispatcher: bool
+    monitor_only: bool
+
+
+class RoomOut(_Answer):
+    id: str
+    name: str
+    mode: RoomMode
+    rate: int
+    record: bool
+    worker: int
+    monitor_to_mix: bool
+    participants: list[ParticipantOut]
+
+
+class RoomList(_Answer):
+    rooms: list[RoomOut]
+
+
+class JoinAnswer(_Answer):
+    """Where the leg sends RTP and RTCP, and the SSRC the bridge sends it with."""
+
+    id: str
+    room: str
+    rtp: Endpoint
+    rtcp: Endpoint
+    ssrc: int
+
+
+class ParticipantState(_Answer):
+    id: str
+    gain: float
+    muted: bool
+
+
+class ParticipantStats(BaseModel):
+    """A leg's counters from its media worker (more fields may follow)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    received: int
+    sent: int
+    dropped: dict[str, int]
+    latched: bool
+    remote: str | None
+
+
+class RecordingState(_Answer):
+    room: str
+    recording: bool
+
+
+class FloorStateOut(_Answer):
+    """The general floor state machine (TS 24.380 §6.3.4) of a ptt room."""
+
+    state: str
+    holder: str | None
+    call_type: str
+    queue: list[str]
+
+
+class FloorOutcome(_Answer):
+    """A floor request's or a revoke's result: granted, queued (position), denied (cause)."""
+
+    result: Literal["granted", "queued", "denied", "pending", "revoked"]
+    position: int | None = None
+    cause: int | None = None
+    reason: str | None = None
+
+
+class FloorAnswer(RootModel[FloorOutcome | FloorStateOut]):
+    """``request`` and ``revoke`` answer the outcome; the other actions the floor state."""
+
+
+class Alert(_Answer):
+    id: str
+    room: str | None
+    participant: str | None
+    alias: str
+    user_id: str
+    call_type: str
+    location: Any = None
+    raised: float
+    state: Literal["active", "acknowledged", "cleared"]
+    acknowledged_by: str | None = None
+    acknowledged: float | None = None
+    cleared_by: str | None = None
+    cleared: float | None = None
+
+
+class AlertList(_Answer):
+    alerts: list[Alert]
+
+
+class RecordingOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    room: str
+    name: str
+    size: int
+    duration_s: float | None
+    started: str
+    has_bursts: bool
+
+
+class RecordingList(_Answer):
+    recordings: list[RecordingOut]
+
+
+class EventsQuery(_Answer):
+    after: int = Field(default=0, description="the last sequence number seen")
+
+
+class EventList(_Answer):
+    epoch: str
+    events: list[dict[str, Any]]
+
+
+class WorkerStats(_Answer):
+    workers: list[dict[str, Any]]
+
+
+class Health(BaseModel):
+    """The control process, each media worker, the recorder and each gateway process."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: str
+    epoch: str
+    control: dict[str, Any]
+    workers: list[dict[str, Any]]
+    recorder: dict[str, Any] | None
+
+
+class LoginQuery(_Answer):
+    code: str = Field(description="the one-time code of the demo login link")
+
+
+class LoginAnswer(_Answer):
+    user: str
+    role: Role
+    token: str
+
+
+#: The JSON-body helper (400 / 422 with the reason) every route module shares.
+_body = read_body
 
 
 def require(*roles: Role) -> Callable[[Method], Method]:
@@ -127,8 +280,8 @@ def require(*roles: Role) -> Callable[[Method], Method]:
                 return json_error(403, f"role {identity.role} may not do this (needs {allowed})")
             return await handler(api, request)
 
-        guarded.__name__ = handler.__name__
-        return guarded
+        functools.update_wrapper(guarded, handler)
+        return mark_roles(guarded, roles)
 
     return wrap
 
@@ -172,6 +325,7 @@ def _room_json(room: Any) -> dict[str, Any]:
         "rate": room.rate,
         "record": room.record,
         "worker": room.worker,
+        "monitor_to_mix": room.monitor_to_mix,
         "participants": [
             {
                 "id": p.id,
@@ -181,6 +335,8 @@ def _room_json(room: Any) -> dict[str, Any]:
                 "payload_type": p.payload_type,
                 "gain": p.gain,
                 "muted": p.muted,
+                "dispatcher": p.dispatcher,
+                "monitor_only": p.monitor_only,
             }
             for p in room.participants.values()
         ],
@@ -193,14 +349,28 @@ class Api:
     def __init__(self) -> None:
         self._login_failures: dict[str, list[float]] = {}
 
+    @operation(
+        "Health of the control process, media workers, recorder and gateways",
+        response=Health,
+        public=True,
+    )
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response(request.app[CONTROL].health())
 
+    @operation("Prometheus metrics", content="text/plain")
     @require(Role.OBSERVER, Role.DISPATCHER)
     async def metrics(self, request: web.Request) -> web.Response:
         body = await metrics.render(request.app[CONTROL], request.app.get(metrics.COUNTS))
         return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
+    @operation(
+        "Redeem a one-time login code for a token (rate-limited per client)",
+        query=LoginQuery,
+        response=LoginAnswer,
+        responses={303: None},
+        errors=(401, 429),
+        public=True,
+    )
     async def login(self, request: web.Request) -> web.Response:
         """Redeem a one-time login code (demo mode) for a token; rate-limited per client."""
         peer = request.remote or "?"
@@ -221,35 +391,51 @@ class Api:
         response.set_cookie("ucb_token", token, httponly=True, samesite="Strict")
         return response
 
+    @operation("List rooms with their participants", response=RoomList)
     @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
     async def list_rooms(self, request: web.Request) -> web.Response:
         rooms = await request.app[CONTROL].list_rooms()
         return web.json_response({"rooms": [_room_json(r) for r in rooms]})
 
+    @operation("One room, by name or id", response=RoomOut, errors=(404,))
     @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
     async def get_room(self, request: web.Request) -> web.Response:
         room = await request.app[CONTROL].get_room(request.match_info["room"])
         return web.json_response(_room_json(room))
 
+    @operation("Create a room", request=RoomCreate, response=RoomOut, status=201, errors=(409, 503))
     @require(Role.DISPATCHER)
     async def create_room(self, request: web.Request) -> web.Response:
         body: RoomCreate = await _body(request, RoomCreate)
         room = await request.app[CONTROL].create_room(
-            body.name, body.mode, body.record, body.floor.model_dump()
+            body.name,
+            body.mode,
+            body.record,
+            body.floor.model_dump(),
+            monitor_to_mix=body.monitor_to_mix,
         )
         return web.json_response(_room_json(room), status=201)
 
+    @operation("Delete a room", response=Empty, errors=(404,))
     @require(Role.DISPATCHER)
     async def delete_room(self, request: web.Request) -> web.Response:
         await request.app[CONTROL].delete_room(request.match_info["room"])
         return web.json_response({}, status=200)
 
+    @operation(
+        "Join a plain-RTP leg",
+        request=RtpJoin,
+        response=JoinAnswer,
+        status=201,
+        errors=(404, 409, 503),
+    )
     @require(Role.DISPATCHER)
     async def join(self, request: web.Request) -> web.Response:
         body: RtpJoin = await _body(request, RtpJoin)
         answer = await rtp_gateway.join(request.app[CONTROL], request.match_info["room"], body)
         return web.json_response(answer, status=201)
 
+    @operation("Remove (kick) a participant", response=Empty, errors=(404,))
     @require(Role.DISPATCHER)
     async def leave(self, request: web.Request) -> web.Response:
         await request.app[CONTROL].leave(
@@ -257,6 +443,12 @@ class Api:
         )
         return web.json_response({})
 
+    @operation(
+        "Change a participant's gain or mute",
+        request=ParticipantPatch,
+        response=ParticipantState,
+        errors=(404,),
+    )
     @require(Role.DISPATCHER)
     async def patch_participant(self, request: web.Request) -> web.Response:
         body: ParticipantPatch = await _body(request, ParticipantPatch)
@@ -270,6 +462,7 @@ class Api:
             {"id": participant.id, "gain": participant.gain, "muted": participant.muted}
         )
 
+    @operation("A participant's media counters", response=ParticipantStats, errors=(404,))
     @require(Role.DISPATCHER, Role.OBSERVER)
     async def participant_stats(self, request: web.Request) -> web.Response:
         stats = await request.app[CONTROL].participant_stats(
@@ -277,17 +470,30 @@ class Api:
         )
         return web.json_response(stats)
 
+    @operation(
+        "Start or stop recording a room",
+        request=RecordingSwitch,
+        response=RecordingState,
+        errors=(404,),
+    )
     @require(Role.DISPATCHER)
     async def set_recording(self, request: web.Request) -> web.Response:
         body: RecordingSwitch = await _body(request, RecordingSwitch)
         room = await request.app[CONTROL].set_recording(request.match_info["room"], body.recording)
         return web.json_response({"room": room.id, "recording": room.record})
 
+    @operation("A ptt room's floor state and queue", response=FloorStateOut, errors=(404,))
     @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
     async def floor_state(self, request: web.Request) -> web.Response:
         state = await request.app[CONTROL].floor_state(request.match_info["room"])
         return web.json_response(state)
 
+    @operation(
+        "A floor action (TS 24.380): request, release, revoke, grant, override, receive_only",
+        request=FloorCommand,
+        response=FloorAnswer,
+        errors=(404, 409),
+    )
     @require(Role.DISPATCHER)
     async def floor(self, request: web.Request) -> web.Response:
         body: FloorCommand = await _body(request, FloorCommand)
@@ -313,10 +519,12 @@ class Api:
             await control.floor_receive_only(room, body.participant, body.receive_only)
         return web.json_response(await control.floor_state(room))
 
+    @operation("Emergency alerts", response=AlertList)
     @require(Role.DISPATCHER, Role.OBSERVER)
     async def list_alerts(self, request: web.Request) -> web.Response:
         return web.json_response({"alerts": list(request.app[CONTROL].alerts.values())})
 
+    @operation("Acknowledge or clear an emergency alert", response=Alert, errors=(404, 409))
     @require(Role.DISPATCHER)
     async def alert_action(self, request: web.Request) -> web.Response:
         control = request.app[CONTROL]
@@ -328,12 +536,18 @@ class Api:
             return web.json_response(control.clear_alert(alert_id, identity.user))
         return json_error(404, f"unknown alert action: {action}")
 
+    @operation("Recordings", response=RecordingList)
     @require(Role.DISPATCHER)
     async def list_recordings(self, request: web.Request) -> web.Response:
         control = request.app[CONTROL]
         items = control.recorder.list() if control.recorder is not None else []
         return web.json_response({"recordings": items})
 
+    @operation(
+        "Download a recording (audio, or its burst index)",
+        content="application/octet-stream",
+        errors=(404,),
+    )
     @require(Role.DISPATCHER)
     async def download_recording(self, request: web.Request) -> web.StreamResponse:
         control = request.app[CONTROL]
@@ -348,6 +562,7 @@ class Api:
             path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'}
         )
 
+    @operation("Core events after a sequence number", query=EventsQuery, response=EventList)
     @require(Role.DISPATCHER, Role.OBSERVER)
     async def events(self, request: web.Request) -> web.Response:
         control = request.app[CONTROL]
@@ -358,6 +573,7 @@ class Api:
         events = [e for e in control.events if e["seq"] > after]
         return web.json_response({"epoch": control.epoch, "events": events})
 
+    @operation("Each media worker's statistics", response=WorkerStats)
     @require(Role.DISPATCHER, Role.OBSERVER)
     async def worker_stats(self, request: web.Request) -> web.Response:
         control = request.app[CONTROL]
@@ -376,7 +592,16 @@ def create_app(
     # These modules use this one's helpers, so they are imported once it is complete.
     from bridge.gateways.trunking import affiliation as trunking
 
-    from . import audit_api, console, presence_api, sio
+    from . import (
+        audit_api,
+        calls_api,
+        cameras_api,
+        console,
+        openapi,
+        patches_api,
+        presence_api,
+        sio,
+    )
 
     app = web.Application(
         middlewares=[audit_api.audit_middleware, errors_middleware, auth_middleware]
@@ -407,8 +632,12 @@ def create_app(
     app.router.add_get("/api/workers", api.worker_stats)
     audit = audit_api.setup(app, audit_log or AuditLog(audit_api.default_path(control.config)))
     presence = presence_api.setup(app)
+    patches_api.setup(app)
     trunking.setup(app, control, presence)
+    cameras_api.setup(app)
+    calls_api.setup(app)
     hub = sio.setup(app, control, authority, audit, presence)
     metrics.setup(app, control, lambda: len(hub.server.eio.sockets))
-    console.setup(app)
+    console.setup(app, control.config.console)
+    openapi.setup(app)
     return app

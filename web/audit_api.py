@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.audit import DEFAULT_READ_LIMIT, AuditError, AuditLog, Outcome, verify
 from bridge.config import Config
 
 from .app import CONTROL, IDENTITY, Handler, json_error, require
 from .auth import Identity, Role
+from .openapi import operation
 
 #: The audit file's name, beside the recordings folder unless configured.
 AUDIT_FILE_NAME = "audit.jsonl"
@@ -34,6 +36,8 @@ AUDITED_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/rooms"): "room_create",
     ("DELETE", "/api/rooms/{room}"): "room_delete",
     ("POST", "/api/rooms/{room}/participants"): "join",
+    ("POST", "/api/rooms/{room}/calls"): "dial",
+    ("DELETE", "/api/rooms/{room}/calls/{call}"): "hangup",
     ("DELETE", "/api/rooms/{room}/participants/{participant}"): "kick",
     ("PATCH", "/api/rooms/{room}/participants/{participant}"): "participant_patch",
     ("POST", "/api/rooms/{room}/recording"): "recording",
@@ -41,7 +45,13 @@ AUDITED_ROUTES: dict[tuple[str, str], str] = {
     ("POST", "/api/alerts/{alert}/{action}"): "alert",  # alert_acknowledge, alert_clear
     ("GET", "/api/recordings/{recording}"): "recording_download",
     ("GET", "/api/recordings/{recording}/{part}"): "recording_download",
+    ("POST", "/api/cameras"): "camera_add",
+    ("DELETE", "/api/cameras/{camera}"): "camera_remove",
+    ("POST", "/api/cameras/{camera}/views"): "camera_view_start",
+    ("DELETE", "/api/cameras/{camera}/views/{view}"): "camera_view_end",
 }
+#: Request-body keys whose values never reach the audit log (a camera's password).
+SECRET_KEYS = frozenset({"password", "secret", "token"})
 #: State-changing routes that are not dispatcher actions (units' own position reports).
 UNAUDITED_ROUTES = frozenset({("POST", "/api/presence/{unit}"), ("POST", "/api/trunking/location")})
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -49,8 +59,8 @@ _DENIED_STATUSES = frozenset({401, 403})
 
 
 def default_path(config: Config) -> Path:
-    """Where the audit file goes when the configuration names none: beside the recordings."""
-    return config.recording.dir.parent / AUDIT_FILE_NAME
+    """``audit.path``, or when the configuration names none: beside the recordings."""
+    return config.audit.path or config.recording.dir.parent / AUDIT_FILE_NAME
 
 
 def _action(request: web.Request) -> str | None:
@@ -89,6 +99,20 @@ def _error_of(response: web.StreamResponse | web.HTTPException) -> str | None:
     return data.get("error") if isinstance(data, dict) else None
 
 
+def _without_secrets(body: Any) -> Any:
+    """``body`` with :data:`SECRET_KEYS` masked and URL credentials cut (rtsp://u:p@h)."""
+    if isinstance(body, dict):
+        return {k: "***" if k in SECRET_KEYS else _without_secrets(v) for k, v in body.items()}
+    if isinstance(body, list):
+        return [_without_secrets(v) for v in body]
+    if isinstance(body, str) and "://" in body and "@" in body:
+        scheme, _, rest = body.partition("://")
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+    return body
+
+
 def _outcome(status: int) -> Outcome:
     if status < 400:
         return Outcome.OK
@@ -123,7 +147,7 @@ def _record(request: web.Request, action: str, status: int, error: str | None, b
     if error is not None:
         detail["error"] = error
     if body is not None:
-        detail["request"] = body
+        detail["request"] = _without_secrets(body)
     request.app[AUDIT].append(
         user=identity.user,
         role=str(identity.role),
@@ -135,9 +159,50 @@ def _record(request: web.Request, action: str, status: int, error: str | None, b
     )
 
 
+class AuditRecordOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seq: int
+    time: float
+    user: str
+    role: str
+    action: str
+    outcome: Outcome
+    room: str | None
+    camera: str | None
+    detail: dict[str, Any]
+    prev: str = Field(description="SHA-256 of the previous line (the chain)")
+
+
+class AuditList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[AuditRecordOut]
+    count: int
+    head: str
+
+
+class AuditQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    after: int = Field(default=0, description="records after this sequence number")
+    limit: int = Field(default=DEFAULT_READ_LIMIT, ge=1, le=DEFAULT_READ_LIMIT)
+    action: str | None = None
+
+
+class AuditVerdict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ok: bool
+    records: int | None = None
+    head: str | None = None
+    error: str | None = None
+
+
 class AuditApi:
     """Read-only routes over the audit log."""
 
+    @operation("Audit records (read-only)", query=AuditQuery, response=AuditList)
     @require(Role.DISPATCHER)
     async def list(self, request: web.Request) -> web.Response:
         try:
@@ -153,6 +218,7 @@ class AuditApi:
             {"records": [r.to_dict() for r in records], "count": len(log), "head": log.head}
         )
 
+    @operation("Check the audit log's hash chain", response=AuditVerdict)
     @require(Role.DISPATCHER)
     async def verify(self, request: web.Request) -> web.Response:
         log = request.app[AUDIT]

@@ -5,6 +5,10 @@
   2.0, :mod:`bridge.cot`), back to back with no separator as TAK streams expect: one
   ``<event>`` per unit every ``interval`` seconds (default :data:`DEFAULT_COT_INTERVAL_S`)
   for ``rounds`` rounds (default: until the client goes away).
+- ``POST /api/presence/reports``: many fixes at once (``{"reports": [{"unit": ..., "lat": ...,
+  ...}, ...]}``, up to :data:`MAX_BATCH_REPORTS`); each is checked on its own, the good
+  ones are kept and the others answered by index (``{"accepted": 9, "rejected": [{"index":
+  3, "unit": "car-2", "error": "latitude is out of range"}]}``). Same roles as below.
 - ``POST /api/presence/{unit}``: a manual or HTTP-delivered fix. Dispatchers may place any
   unit; an officer may report only its own unit (its user name). A position out of range is
   ``422`` with the reason (``{"error": "latitude is out of range"}``).
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,6 +34,7 @@ from bridge.presence import FixSource, GpsFix, PresenceRegistry, Unit, to_featur
 
 from .app import IDENTITY, json_error, require
 from .auth import Identity, Role
+from .openapi import operation, read_body, validation_reason
 
 #: Seconds between rounds of a CoT stream, unless the client asks otherwise.
 DEFAULT_COT_INTERVAL_S = 5.0
@@ -40,6 +45,9 @@ EXPIRE_INTERVAL_S = 10.0
 COT_CONTENT_TYPE = "application/xml"
 #: What a unit id may look like (a handset id, a user name, a camera id).
 UNIT_REGEX = r"[A-Za-z0-9_.:@-]{1,64}"
+#: Many fixes in one request; ``reports`` is not a unit id there.
+BATCH_PATH = "/api/presence/reports"
+MAX_BATCH_REPORTS = 1000
 
 #: ``callback(unit_id, unit)``: the unit changed, or went away (``unit`` is None).
 UnitListener = Callable[[str, Unit | None], None]
@@ -130,35 +138,139 @@ class FixReport(BaseModel):
     interval: float | None = None
 
 
-def _unprocessable(reason: str) -> web.HTTPUnprocessableEntity:
-    return web.HTTPUnprocessableEntity(
-        text=web.json_response({"error": reason}).text, content_type="application/json"
+class ReportQuery(BaseModel):
+    """``/api/presence``'s filter."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    room: str | None = Field(default=None, description="only the units of this room")
+
+
+class CotQuery(ReportQuery):
+    interval: float = Field(
+        default=DEFAULT_COT_INTERVAL_S,
+        ge=MIN_COT_INTERVAL_S,
+        le=MAX_COT_INTERVAL_S,
+        description="seconds between rounds (stale time = 2x the unit's report interval)",
     )
+    rounds: int | None = Field(default=None, ge=1, description="rounds; none: until closed")
 
 
-async def _fix_report(request: web.Request) -> FixReport:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text='{"error": "request body is not valid JSON"}', content_type="application/json"
-        ) from None
-    try:
-        return FixReport.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise _unprocessable(f"{where}: {first['msg']}") from None
+class UnitReport(FixReport):
+    """One fix of a batch: a :class:`FixReport` with the unit it is for."""
+
+    unit: str = Field(pattern=f"^{UNIT_REGEX}$")
+
+
+class BatchReport(BaseModel):
+    """Many fixes in one request; each is checked on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reports: list[Any] = Field(min_length=1, max_length=MAX_BATCH_REPORTS)
+
+
+class Rejected(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    unit: str | None
+    error: str
+
+
+class BatchResult(BaseModel):
+    """How many fixes were kept, and why each other one was not (by its index)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    accepted: int
+    rejected: list[Rejected]
+
+
+class Point(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["Point"]
+    coordinates: list[float] = Field(min_length=2, max_length=3, description="lon, lat[, alt]")
+
+
+class UnitProperties(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    unit: str
+    alias: str
+    kind: str
+    room: str | None
+    status: str
+    source: str
+    accuracy: float | None
+    heading: float | None
+    speed: float | None
+    time: str
+    state: str
+    stale: bool
+
+
+class Feature(BaseModel):
+    """A unit as a GeoJSON Feature (RFC 7946 §3.2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["Feature"]
+    id: str
+    geometry: Point
+    properties: UnitProperties
+
+
+class FeatureCollection(BaseModel):
+    """Units as a GeoJSON FeatureCollection (RFC 7946 §3.3)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["FeatureCollection"]
+    features: list[Feature]
+
+
+def _apply(feed: PresenceFeed, unit_id: str, body: FixReport) -> tuple[Unit, bool]:
+    """Apply one report; returns the unit and whether it is new. Raises ``ValueError``."""
+    known = unit_id in feed.registry
+    fix = GpsFix(
+        lat=body.lat,
+        lon=body.lon,
+        time=time.time() if body.time is None else body.time,
+        altitude_m=body.altitude_m,
+        accuracy_m=body.accuracy_m,
+        vertical_accuracy_m=body.vertical_accuracy_m,
+        heading_deg=body.heading_deg,
+        speed_mps=body.speed_mps,
+        source=body.source,
+    )
+    unit = feed.report(
+        unit_id,
+        fix,
+        kind=body.kind or (None if known else ParticipantKind.TRUNK),
+        alias=body.alias,
+        room=body.room,
+        status=body.status,
+        interval=body.interval,
+    )
+    return unit, not known
 
 
 class PresenceApi:
     """Route handlers; one instance per app."""
 
+    @operation("Every unit as GeoJSON", query=ReportQuery, response=FeatureCollection)
     @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
     async def geojson(self, request: web.Request) -> web.Response:
         feed = request.app[PRESENCE]
         return web.json_response(feed.geojson(room=request.query.get("room") or None))
 
+    @operation(
+        "A Cursor-on-Target stream of PLI events (a-f-G-U-C)",
+        query=CotQuery,
+        content=COT_CONTENT_TYPE,
+    )
     @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)
     async def cot(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -189,39 +301,59 @@ class PresenceApi:
             await response.write_eof()
         return response
 
+    @operation(
+        "Report one unit's fix (dispatchers: any unit; officers: their own)",
+        request=FixReport,
+        response=Feature,
+        responses={201: Feature},
+    )
     @require(Role.DISPATCHER, Role.OFFICER)
     async def report(self, request: web.Request) -> web.Response:
         identity: Identity = request[IDENTITY]
         unit_id = request.match_info["unit"]
         if identity.role == Role.OFFICER and unit_id != identity.user:
             return json_error(403, "an officer may report only its own unit")
-        body = await _fix_report(request)
+        body = await read_body(request, FixReport)
         feed = request.app[PRESENCE]
-        known = unit_id in feed.registry
         try:
-            fix = GpsFix(
-                lat=body.lat,
-                lon=body.lon,
-                time=time.time() if body.time is None else body.time,
-                altitude_m=body.altitude_m,
-                accuracy_m=body.accuracy_m,
-                vertical_accuracy_m=body.vertical_accuracy_m,
-                heading_deg=body.heading_deg,
-                speed_mps=body.speed_mps,
-                source=body.source,
-            )
-            unit = feed.report(
-                unit_id,
-                fix,
-                kind=body.kind or (None if known else ParticipantKind.TRUNK),
-                alias=body.alias,
-                room=body.room,
-                status=body.status,
-                interval=body.interval,
-            )
+            unit, new = _apply(feed, unit_id, body)
         except ValueError as exc:
-            raise _unprocessable(str(exc)) from None
-        return web.json_response(feed.feature(unit), status=200 if known else 201)
+            return json_error(422, str(exc))
+        return web.json_response(feed.feature(unit), status=201 if new else 200)
+
+    @operation(
+        "Report many fixes at once; bad ones are listed by index, good ones kept",
+        request=BatchReport,
+        response=BatchResult,
+    )
+    @require(Role.DISPATCHER, Role.OFFICER)
+    async def report_batch(self, request: web.Request) -> web.Response:
+        identity: Identity = request[IDENTITY]
+        batch = await read_body(request, BatchReport)
+        feed = request.app[PRESENCE]
+        accepted = 0
+        rejected: list[dict[str, Any]] = []
+        for index, item in enumerate(batch.reports):
+            unit_id = item.get("unit") if isinstance(item, dict) else None
+            unit_id = unit_id if isinstance(unit_id, str) else None
+            try:
+                report = UnitReport.model_validate(item)
+            except ValidationError as exc:
+                rejected.append(
+                    {"index": index, "unit": unit_id, "error": validation_reason(exc, "report")}
+                )
+                continue
+            if identity.role == Role.OFFICER and report.unit != identity.user:
+                error = "an officer may report only its own unit"
+                rejected.append({"index": index, "unit": report.unit, "error": error})
+                continue
+            try:
+                _apply(feed, report.unit, report)
+            except ValueError as exc:
+                rejected.append({"index": index, "unit": report.unit, "error": str(exc)})
+                continue
+            accepted += 1
+        return web.json_response({"accepted": accepted, "rejected": rejected})
 
 
 def setup(app: web.Application, feed: PresenceFeed | None = None) -> PresenceFeed:
@@ -231,6 +363,8 @@ def setup(app: web.Application, feed: PresenceFeed | None = None) -> PresenceFee
     api = PresenceApi()
     app.router.add_get("/api/presence", api.geojson)
     app.router.add_get("/api/presence/cot", api.cot)
+    # Before the unit route, which would take "reports" for a unit id.
+    app.router.add_post(BATCH_PATH, api.report_batch)
     app.router.add_post("/api/presence/{unit:" + UNIT_REGEX + "}", api.report)
     app.on_startup.append(feed.start)
     app.on_cleanup.append(feed.stop)

@@ -9,9 +9,10 @@ A python-socketio ``AsyncServer`` on the aiohttp app, with two namespaces:
     (``ptt_press``, ``ptt_release``, ``floor_revoke``, ``emergency_ack``, ...), each
     answered in its acknowledgement.
 ``/presence``
-    Unit positions, coalesced per console to :data:`PRESENCE_RATE_HZ` (a
-    :class:`bridge.presence.Coalescer` each): ``presence`` events carry a GeoJSON
-    FeatureCollection (RFC 7946) of the units that moved, and ``removed`` unit ids.
+    Unit positions, coalesced to :data:`PRESENCE_RATE_HZ` updates a second per console:
+    ``presence`` events carry a GeoJSON FeatureCollection (RFC 7946) of the units that
+    moved, and ``removed`` unit ids. Each period's batch is serialised once and the same
+    packet goes to every subscribed console.
 
 Connecting needs a token: ``auth={"token": ...}``, or the login cookie the console's demo
 link set. No token or a bad one: the connection is refused with the reason.
@@ -56,6 +57,7 @@ from bridge.presence import Coalescer, Unit
 
 from .auth import AuthError, Identity, Role, TokenAuthority
 from .console import TOKEN_COOKIE
+from .openapi import validation_reason
 from .presence_api import PresenceFeed
 
 logger = logging.getLogger("bridge.web.sio")
@@ -66,6 +68,8 @@ PRESENCE_NAMESPACE = "/presence"
 LIVE = "live"
 #: Per-console presence updates per second (the issue asks for 2-4 Hz).
 PRESENCE_RATE_HZ = 4.0
+#: The socket.io room of ``/presence`` consoles that subscribed.
+PRESENCE_SUBSCRIBERS = "subscribers"
 #: Fields of worker events that mean nothing outside the worker.
 _WORKER_FIELDS = frozenset({"t_ns", "t"})
 
@@ -386,9 +390,7 @@ def _validate(schema: type[BaseModel], data: Any) -> Any:
     try:
         return schema.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise ActionError(422, f"{where}: {first['msg']}") from None
+        raise ActionError(422, validation_reason(exc)) from None
 
 
 def identity_from(authority: TokenAuthority, environ: dict[str, Any], auth: Any) -> Identity:
@@ -450,42 +452,50 @@ class RoomsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
 
 class PresenceNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
-    """``/presence``: a GeoJSON snapshot on ``subscribe``, then coalesced updates."""
+    """``/presence``: a GeoJSON snapshot on ``subscribe``, then coalesced updates.
+
+    One :class:`bridge.presence.Coalescer` serves every subscribed console: each period's
+    batch (the latest fix of every unit that moved) is built and serialised once and the
+    same packet goes to all of them (socket.io room :data:`PRESENCE_SUBSCRIBERS`), so the
+    cost of a fix does not grow with the number of consoles.
+    """
 
     def __init__(self, hub: Signalling) -> None:
         super().__init__(PRESENCE_NAMESPACE)
         self.hub = hub
-        self.coalescers: dict[str, Coalescer[dict[str, Any] | None]] = {}
-        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.coalescer: Coalescer[dict[str, Any] | None] = Coalescer(PRESENCE_RATE_HZ)
+        self.subscribers: set[str] = set()
+        self.timer: asyncio.TimerHandle | None = None
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
         identity_from(self.hub.authority, environ, auth)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
-        self.coalescers.pop(sid, None)
-        timer = self.timers.pop(sid, None)
-        if timer is not None:
-            timer.cancel()
+        self.subscribers.discard(sid)
 
     async def on_subscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
-        self.coalescers[sid] = Coalescer(PRESENCE_RATE_HZ)
+        # The snapshot answers at once; later changes come in the shared batches.
+        await self.enter_room(sid, PRESENCE_SUBSCRIBERS)
+        self.subscribers.add(sid)
         return {"ok": True, "epoch": self.hub.control.epoch, **self.hub.presence.geojson()}
 
     def offer(self, unit_id: str, feature: dict[str, Any] | None) -> None:
-        """A unit moved (``feature``) or went away (None): queue it for every console."""
-        for sid, coalescer in self.coalescers.items():
-            coalescer.offer(unit_id, feature)
-            if sid not in self.timers:
-                self._flush(sid)
-
-    def _flush(self, sid: str) -> None:
-        self.timers.pop(sid, None)
-        coalescer = self.coalescers.get(sid)
-        if coalescer is None:
+        """A unit moved (``feature``) or went away (None): queue it for the next batch."""
+        if not self.subscribers:
             return
-        batch = coalescer.due()
-        loop = asyncio.get_running_loop()
-        if batch is not None:
+        self.coalescer.offer(unit_id, feature)
+        if self.timer is None:
+            self._flush()
+
+    def cancel(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _flush(self) -> None:
+        self.timer = None
+        batch = self.coalescer.due()
+        if batch is not None and self.subscribers:
             features = [f for f in batch.values() if f is not None]
             removed = [unit for unit, f in batch.items() if f is None]
             payload = {
@@ -495,11 +505,11 @@ class PresenceNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
                 "epoch": self.hub.control.epoch,
                 "time": time.time(),
             }
-            self.hub.spawn(self.emit("presence", payload, to=sid))
-        due = coalescer.next_due()
+            self.hub.spawn(self.emit("presence", payload, room=PRESENCE_SUBSCRIBERS))
+        due = self.coalescer.next_due()
         if due is not None:
             delay = max(0.0, due - time.monotonic())
-            self.timers[sid] = loop.call_later(delay, self._flush, sid)
+            self.timer = asyncio.get_running_loop().call_later(delay, self._flush)
 
 
 class Signalling:
@@ -541,6 +551,8 @@ class Signalling:
             "kick": self._kick,
             "participant_patch": self._participant_patch,
             "recording": self._recording,
+            "dial": self._dial,
+            "call_hangup": self._call_hangup,
         }
 
     # ------------------------------------------------------------- lifecycle
@@ -578,8 +590,7 @@ class Signalling:
         for task in [self._sender, *self._tasks]:
             if task is not None:
                 task.cancel()
-        for timer in self.positions.timers.values():
-            timer.cancel()
+        self.positions.cancel()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -801,6 +812,40 @@ class Signalling:
         room = await self.control.set_recording(req.room, req.recording)
         return {"room": room.id, "recording": room.record}
 
+    async def _dial(self, identity: Identity, data: Any) -> dict[str, Any]:
+        """Dial a phone into a room (the SIP gateway; REST twin: POST /api/rooms/{room}/calls)."""
+        from bridge.gatewaylink import LinkError
+
+        from .app import LINK_ERROR_STATUS
+        from .calls_api import DialRequest, dial
+
+        if not isinstance(data, dict):
+            raise ActionError(422, "body must be an object")
+        req: RoomRef = _validate(RoomRef, {"room": data.get("room")})
+        body = {k: v for k, v in data.items() if k != "room"}
+        _validate(DialRequest, body)
+        try:
+            call = await dial(self.control, req.room, body, identity.user)
+        except LinkError as exc:
+            raise ActionError(LINK_ERROR_STATUS.get(exc.kind, 502), str(exc)) from None
+        return {"room": call["room"], "call": call}
+
+    async def _call_hangup(self, identity: Identity, data: Any) -> dict[str, Any]:
+        """Hang up a SIP call (REST twin: DELETE /api/rooms/{room}/calls/{call})."""
+        from bridge.gatewaylink import LinkError
+
+        from .app import LINK_ERROR_STATUS
+
+        room = data.get("room") if isinstance(data, dict) else None
+        call = data.get("call") if isinstance(data, dict) else None
+        if not isinstance(room, str) or not isinstance(call, str):
+            raise ActionError(422, "room and call are required")
+        try:
+            await self.control.gateways.request("sip", "hangup", room=room, call=call)
+        except LinkError as exc:
+            raise ActionError(LINK_ERROR_STATUS.get(exc.kind, 502), str(exc)) from None
+        return {"room": room, "call": call}
+
 
 #: PTT flags only a dispatcher may set.
 _OVERRIDES = ("override", "emergency")
@@ -842,7 +887,10 @@ def setup(
     presence: PresenceFeed,
 ) -> Signalling:
     """Attach the socket.io server to ``app`` (at ``/socket.io/``) and return it."""
+    from . import webrtc_api  # it builds on this module
+
     hub = Signalling(control, authority, audit, presence)
     hub.attach(app)
     app[SIGNALLING] = hub
+    webrtc_api.setup(app, hub)
     return hub

@@ -50,7 +50,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from bridge.control import ConflictError, Control, NotFoundError, WorkerError
 from bridge.locationinfo import CONTENT_TYPE as LOCATION_INFO_CONTENT_TYPE
@@ -59,7 +59,8 @@ from bridge.model import Participant, ParticipantKind, RoomMode, RtpEndpoint
 from bridge.presence import FixSource, GpsFix
 from bridge.web.app import IDENTITY, json_error, require
 from bridge.web.auth import Identity, Role
-from bridge.web.presence_api import PRESENCE, PresenceFeed
+from bridge.web.openapi import Empty, operation, read_body
+from bridge.web.presence_api import PRESENCE, Feature, PresenceFeed
 
 from .floorport import PLUGIN_NAME
 
@@ -137,6 +138,44 @@ class LocationJson(_Schema):
     accuracy_m: float | None = None
     heading_deg: float | None = None
     speed_mps: float | None = None
+
+
+class AffiliateAnswer(_Schema):
+    """Where the handset sends media and floor control, and what it was answered."""
+
+    participant: str
+    talkgroup: str
+    room: str
+    codec: str
+    payload_type: int
+    clock_rate: int
+    ptime: int
+    ssrc: int
+    rtp: Endpoint
+    rtcp: Endpoint
+    floor: Endpoint
+    floor_ssrc: int
+
+
+class AffiliationOut(_Schema):
+    participant: str
+    room: str
+    talkgroup: str
+    user_id: str
+    alias: str
+    worker: int
+    floor: Endpoint
+    ssrc: int
+    codec: str
+    payload_type: int
+
+
+class AffiliationList(_Schema):
+    affiliations: list[AffiliationOut]
+
+
+class LocationQuery(_Schema):
+    user: str | None = Field(default=None, description="the unit (default: the token's user)")
 
 
 @dataclass
@@ -363,27 +402,6 @@ class Trunking:
 TRUNKING: web.AppKey[Trunking] = web.AppKey("trunking", Trunking)
 
 
-def _unprocessable(reason: str) -> web.HTTPUnprocessableEntity:
-    return web.HTTPUnprocessableEntity(
-        text=web.json_response({"error": reason}).text, content_type="application/json"
-    )
-
-
-async def _json(request: web.Request, schema: type[_Schema]) -> Any:
-    try:
-        data = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text='{"error": "request body is not valid JSON"}', content_type="application/json"
-        ) from None
-    try:
-        return schema.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise _unprocessable(f"{where}: {first['msg']}") from None
-
-
 def _acting_user(identity: Identity) -> str | None:
     """An officer acts only for itself; dispatchers and admins for anyone (None)."""
     return identity.user if identity.role == Role.OFFICER else None
@@ -392,10 +410,17 @@ def _acting_user(identity: Identity) -> str | None:
 class TrunkingApi:
     """Route handlers; one instance per app."""
 
+    @operation(
+        "Affiliate a handset to a talkgroup (offer/answer)",
+        request=AffiliateRequest,
+        response=AffiliateAnswer,
+        status=HTTP_CREATED,
+        errors=(404, 409, 503),
+    )
     @require(Role.OFFICER, Role.DISPATCHER)
     async def affiliate(self, request: web.Request) -> web.Response:
         identity: Identity = request[IDENTITY]
-        offer: AffiliateRequest = await _json(request, AffiliateRequest)
+        offer: AffiliateRequest = await read_body(request, AffiliateRequest)
         acting = _acting_user(identity)
         if acting is not None and offer.user_id != acting:
             return json_error(HTTP_FORBIDDEN, "an officer may affiliate only itself")
@@ -405,6 +430,7 @@ class TrunkingApi:
             return json_error(exc.status, exc.reason)
         return web.json_response(answer, status=HTTP_CREATED)
 
+    @operation("End an affiliation", response=Empty, errors=(404,))
     @require(Role.OFFICER, Role.DISPATCHER)
     async def deaffiliate(self, request: web.Request) -> web.Response:
         identity: Identity = request[IDENTITY]
@@ -416,12 +442,21 @@ class TrunkingApi:
             return json_error(exc.status, exc.reason)
         return web.json_response({})
 
+    @operation("Affiliations (an officer sees its own)", response=AffiliationList)
     @require(Role.OFFICER, Role.DISPATCHER, Role.OBSERVER)
     async def affiliations(self, request: web.Request) -> web.Response:
         identity: Identity = request[IDENTITY]
         listing = request.app[TRUNKING].listing(user=_acting_user(identity))
         return web.json_response({"affiliations": listing})
 
+    @operation(
+        "A handset's location: JSON, or TS 24.379 location-info XML "
+        f"({LOCATION_INFO_CONTENT_TYPE})",
+        request=LocationJson,
+        query=LocationQuery,
+        response=Feature,
+        responses={HTTP_CREATED: Feature},
+    )
     @require(Role.OFFICER, Role.DISPATCHER)
     async def location(self, request: web.Request) -> web.Response:
         identity: Identity = request[IDENTITY]
@@ -433,12 +468,12 @@ class TrunkingApi:
             try:
                 report = LocationReport.parse(await request.read())
             except ValueError as exc:
-                raise _unprocessable(str(exc)) from None
+                return json_error(HTTP_UNPROCESSABLE, str(exc))
             fix = report.to_fix(now)
             if fix is None:
-                raise _unprocessable("location report has no coordinate")
+                return json_error(HTTP_UNPROCESSABLE, "location report has no coordinate")
         else:
-            body: LocationJson = await _json(request, LocationJson)
+            body: LocationJson = await read_body(request, LocationJson)
             try:
                 fix = GpsFix(
                     lat=body.lat,
@@ -451,13 +486,13 @@ class TrunkingApi:
                     source=FixSource.GNSS,
                 )
             except ValueError as exc:
-                raise _unprocessable(str(exc)) from None
+                return json_error(HTTP_UNPROCESSABLE, str(exc))
         try:
             feature, new = request.app[TRUNKING].report_location(unit, fix)
         except AffiliationError as exc:
             return json_error(exc.status, exc.reason)
         except ValueError as exc:
-            raise _unprocessable(str(exc)) from None
+            return json_error(HTTP_UNPROCESSABLE, str(exc))
         return web.json_response(feature, status=HTTP_CREATED if new else HTTP_OK)
 
 

@@ -58,6 +58,9 @@ class Server:
         self.gateways = tuple(gateways)
         self.port = free_port()
         self.rtp_base = free_udp_pair_base()
+        if "floor_port_base" not in media_toml:
+            # Not the default 42000: test servers running at the same time would share it.
+            media_toml = f"floor_port_base = {free_port(socket.SOCK_DGRAM)}\n{media_toml}"
         self.tmp = tmp
         self.recordings = tmp / "recordings"
         self.config = tmp / "ucbridge.toml"
@@ -91,8 +94,10 @@ class Server:
             stderr=subprocess.STDOUT,
         )
         self.wait_health(
-            lambda h: all(w["state"] == "running" for w in h["workers"])
-            and all(g["state"] == "running" for g in h.get("gateways", [])),
+            lambda h: (
+                all(w["state"] == "running" for w in h["workers"])
+                and all(g["state"] == "running" for g in h.get("gateways", []))
+            ),
             timeout,
         )
 

@@ -1,11 +1,12 @@
 """Presence fan-out under load: GPS reports to socket.io consoles while the worker mixes.
 
-Issue 11's benchmark: R GPS reports a second (REST ``POST /api/presence/{unit}``, one
-process) are fanned out to C socket.io consoles (``/presence``, another process) for S
-seconds, while the media worker mixes L plain-RTP legs from the batched load generator
-(a third process). It reports the delivery latency (fix time → the console has the
-batch holding that fix) p50/p99, the control process's CPU, the worker's ticks on time,
-and writes them to BENCHMARKS.md between the ``bench_presence`` markers.
+Issue 11's benchmark: R GPS reports a second, evenly spread, go over REST in batches (the
+fixes of each 10 ms in one ``POST /api/presence/reports``, one process) and are fanned out
+to C socket.io consoles (``/presence``, another process) for S seconds, while the media
+worker mixes L plain-RTP legs from the batched load generator (a third process). It reports
+the delivery latency (the moment of the fix → the console has the batch holding it)
+p50/p99, the control process's CPU, the worker's ticks on time, and writes them to
+BENCHMARKS.md between the ``bench_presence`` markers.
 
     .venv/bin/python tests/perf/bench_presence.py [--reports 1000] [--consoles 20]
         [--seconds 60] [--legs 1000] [--units 200]
@@ -47,7 +48,10 @@ from bridge.web.auth import Role
 MARK_START = "<!-- bench_presence:start -->"
 MARK_END = "<!-- bench_presence:end -->"
 #: Concurrent HTTP requests the reporter keeps in flight.
-REPORTER_CONNECTIONS = 32
+REPORTER_CONNECTIONS = 8
+#: The reporter sends the fixes of each period in one batch request.
+BATCH_PERIOD_S = 0.01
+BATCH_PATH = "/api/presence/reports"
 #: Units move inside this box (around Paris), a small step per report.
 ORIGIN = (48.85, 2.35)
 
@@ -94,52 +98,75 @@ def _consoles_main(url: str, token: str, count: int, seconds: float, out: Any) -
 
 
 # --- the reporter (a process of its own) -----------------------------------------------------
+def _fix(i: int, units: int, at: float) -> dict[str, Any]:
+    step = i // units
+    return {
+        "unit": f"unit-{i % units}",
+        "lat": ORIGIN[0] + 1e-4 * (step % 100),
+        "lon": ORIGIN[1] + 1e-4 * (i % units),
+        "time": at,
+        "kind": "trunk",
+        "interval": 1.0,
+    }
+
+
 async def _reporter(base: str, token: str, rate: int, units: int, seconds: float) -> dict[str, Any]:
-    sent = errors = late = 0
+    """Fix ``i`` happens at ``start + i / rate`` (evenly spread, stamped with that moment);
+    every :data:`BATCH_PERIOD_S` the fixes that happened since the last request go in one
+    ``POST /api/presence/reports``, so a fix waits at most one period before it is sent."""
+    accepted = rejected = errors = late = requests = 0
     headers = {"Authorization": f"Bearer {token}"}
     connector = aiohttp.TCPConnector(limit=REPORTER_CONNECTIONS)
     async with aiohttp.ClientSession(base, headers=headers, connector=connector) as session:
         gate = asyncio.Semaphore(REPORTER_CONNECTIONS)
 
-        async def report(i: int) -> None:
-            nonlocal sent, errors
-            unit = f"unit-{i % units}"
-            step = i // units
-            body = {
-                "lat": ORIGIN[0] + 1e-4 * (step % 100),
-                "lon": ORIGIN[1] + 1e-4 * (i % units),
-                "time": time.time(),
-                "kind": "trunk",
-                "interval": 1.0,
-            }
+        async def send(batch: list[dict[str, Any]]) -> None:
+            nonlocal accepted, rejected, errors, requests
             try:
-                async with session.post(f"/api/presence/{unit}", json=body) as resp:
-                    await resp.read()
-                    if resp.status >= 300:
-                        errors += 1
-                    sent += 1
+                async with session.post(BATCH_PATH, json={"reports": batch}) as resp:
+                    answer = await resp.json()
+                    requests += 1
+                    if resp.status != 200:
+                        errors += len(batch)
+                    else:
+                        accepted += answer["accepted"]
+                        rejected += len(answer["rejected"])
             except aiohttp.ClientError:
-                errors += 1
+                errors += len(batch)
             finally:
                 gate.release()
 
         start = time.monotonic()
+        wall = time.time()
         total = int(rate * seconds)
         tasks = set()
-        for i in range(total):
-            due = start + i / rate
-            delay = due - time.monotonic()
+        sent = period = 0
+        while sent < total:
+            period += 1
+            delay = start + period * BATCH_PERIOD_S - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             elif delay < -0.1:
                 late += 1
+            due = min(total, int(period * BATCH_PERIOD_S * rate))
+            if due <= sent:
+                continue
+            batch = [_fix(i, units, wall + i / rate) for i in range(sent, due)]
+            sent = due
             await gate.acquire()
-            task = asyncio.create_task(report(i))
+            task = asyncio.create_task(send(batch))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         await asyncio.gather(*tasks)
-        wall = time.monotonic() - start
-    return {"sent": sent, "errors": errors, "late": late, "rate": sent / wall if wall else 0.0}
+        elapsed = time.monotonic() - start
+    return {
+        "sent": accepted,
+        "rejected": rejected,
+        "errors": errors + rejected,
+        "late": late,
+        "requests": requests,
+        "rate": accepted / elapsed if elapsed else 0.0,
+    }
 
 
 def _reporter_main(base: str, token: str, rate: int, units: int, seconds: float, out: Any) -> None:
@@ -163,9 +190,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             ports = [port_of(s) for s in sockets]
             legs = join_ucbridge(server, ports)
             close_all(sockets)
-            load = start_load(legs, args.seconds + 10)
-            load.ready()
-            time.sleep(3)  # the worker's p99 window fills with loaded ticks
+            if legs:  # --legs 0: presence alone
+                load = start_load(legs, args.seconds + 10)
+                load.ready()
+                time.sleep(3)  # the worker's p99 window fills with loaded ticks
             base = f"http://{LOOPBACK}:{server.port}"
             token = server.authority.issue("bench-console", Role.DISPATCHER)
             console_rx, console_tx = context.Pipe(duplex=False)
@@ -199,6 +227,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "worker_pid": worker_pid,
                 "reports_per_s": sent["rate"],
                 "reports_sent": sent["sent"],
+                "requests_per_s": sent["requests"] / args.seconds,
                 "report_errors": sent["errors"],
                 "reporter_late": sent["late"],
                 "consoles": args.consoles,
@@ -235,12 +264,16 @@ def section(result: dict[str, Any], command: str) -> str:
             "",
             f"```sh\n{command}\n```",
             "",
-            f"{result['reports_per_s']:.0f} GPS reports/s over REST (one process, "
-            f"{REPORTER_CONNECTIONS} connections) fanned out to {result['consoles']} socket.io "
+            f"{result['reports_per_s']:.0f} GPS reports/s, evenly spread, over REST in "
+            f"batches (`POST {BATCH_PATH}` with the fixes of each "
+            f"{BATCH_PERIOD_S * 1000:.0f} ms, {result['requests_per_s']:.0f} requests/s, one "
+            "process; latency counts from the moment of each fix) fanned out to "
+            f"{result['consoles']} socket.io "
             f"consoles (another process) for {result['seconds']:.0f} s, while the media worker "
             f"mixed {result['legs']} G.711 legs "
-            "from the batched load generator (a third process). Consoles are coalesced at 4 Hz, "
-            "so a fix waits up to 250 ms for its console's next batch by design. "
+            "from the batched load generator (a third process). Consoles are coalesced at 4 Hz "
+            "(one batch per period, serialised once and sent to every console), so a fix "
+            "waits up to 250 ms for the next batch by design. "
             "Admission control is off (`media.tick_budget = 1`) so that all legs join.",
             "",
             "| reports/s | consoles | deliveries | latency p50 ms | latency p99 ms | control CPU % "

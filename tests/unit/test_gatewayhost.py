@@ -91,6 +91,7 @@ async def test_only_subscribed_events_are_forwarded(
     host: tuple[GatewayHost, StubControl],
 ) -> None:
     gateways, control = host
+
     async def subscribed() -> None:  # the probe subscribes as it starts
         while gateways.gateways["probe"].events != {"probe"}:
             await asyncio.sleep(0.01)

@@ -10,6 +10,9 @@
 import { AlertState, ConsoleState, FloorState } from "./state.js";
 import { UnitMap } from "./map.js";
 import { Tones } from "./tones.js";
+import { WebRtcMedia } from "./webrtc.js";
+import { CameraConsole } from "./cameras.js";
+import { Patches } from "./patches.js";
 
 const KIND = {
   sip: { icon: "i-phone", label: "SIP phone" },
@@ -109,7 +112,12 @@ const app = {
   conn: "connecting",
 };
 const tones = new Tones();
+// Patches and monitoring (patches.js): function declarations below are hoisted.
+const patches = new Patches({ api, flash: (text) => flash(text), changed: () => scheduleRender() });
 let map = null;
+let media = null;
+// Camera cones on the map and camera tiles (cameras.js).
+const cameras = new CameraConsole({ api, flash: (text) => flash(text), map: () => map, media: () => media });
 let rooms = null;
 let presence = null;
 let renderQueued = false;
@@ -134,6 +142,12 @@ window.ucb = {
   },
   get ptt() {
     return { ...app.ptt };
+  },
+  get webrtc() {
+    return media;
+  },
+  get cameras() {
+    return cameras;
   },
   units: () =>
     map
@@ -301,6 +315,7 @@ function resume() {
     renderIdentity();
     scheduleRender();
     loadRecordings();
+    patches.load();
   });
 }
 
@@ -335,6 +350,8 @@ function connect() {
     else setConn("offline");
   });
   rooms.onAny(onLiveEvent);
+  rooms.onAny((name) => patches.onEvent(name));
+  rooms.onAny((name, event) => cameras.onEvent(name, event));
   presence.on("connect", () => {
     presence.timeout(ACK_TIMEOUT_MS).emit("subscribe", {}, (err, answer) => {
       if (!err && answer && answer.ok && map) {
@@ -431,6 +448,7 @@ function pttPress() {
     shownUntil: 0,
   };
   tones.ensure();
+  if (room.mode !== "ptt") return setPttOutcome("granted"); // open room: the mic is enough
   renderPtt();
   const payload = { room: room.id };
   if (options.override) payload.override = true;
@@ -476,7 +494,7 @@ function pttRelease() {
   const keep = app.ptt.outcome === "denied";
   app.ptt = { ...app.ptt, active: false, outcome: keep ? "denied" : null };
   renderPtt();
-  act("ptt_release", { room: roomId });
+  if (app.state.rooms[roomId]?.mode === "ptt") act("ptt_release", { room: roomId });
 }
 
 function isTyping(target) {
@@ -537,6 +555,7 @@ function renderPtt() {
   $("ptt-room").textContent = room ? room.name : "—";
   const leg = ownLeg(room);
   const holderIsMe = Boolean(room && leg && room.floor.holder === leg.id);
+  if (media) media.sync(room, leg, app.ptt);
   let outcome = app.ptt.outcome;
   if (outcome === "denied" && !app.ptt.active && Date.now() > app.ptt.shownUntil) outcome = null;
   if (app.ptt.active && holderIsMe) outcome = "granted";
@@ -578,6 +597,8 @@ function render() {
     app.selected = (roomsList.find((r) => r.mode === "ptt") || roomsList[0]).id;
   }
   renderRooms(roomsList);
+  const own = ownLeg(selectedRoom());
+  patches.render(roomsList, own ? { id: own.id, room: app.selected } : null, app.volumes);
   renderDetail();
   renderPtt();
   renderAlerts();
@@ -629,6 +650,7 @@ function renderRooms(roomsList) {
         output.textContent = `${volume.value}%`;
         volume.setAttribute("aria-valuetext", `${volume.value} percent`);
       });
+      volume.addEventListener("change", () => patches.volumeChanged());
       const select = el("button", { type: "button", class: "room-select" });
       select.addEventListener("click", () => {
         app.selected = room.id;
@@ -700,6 +722,7 @@ function renderRooms(roomsList) {
       volume.setAttribute("aria-label", `Monitor volume, ${room.name}`);
       volume.setAttribute("aria-valuetext", `${volume.value} percent`);
       node.querySelector("output").textContent = `${volume.value}%`;
+      patches.decorate(node, room);
     },
   );
 }
@@ -1150,7 +1173,17 @@ async function boot() {
   map = new UnitMap($("map"), settings);
   window.addEventListener("resize", () => map.invalidate());
   connect();
+  media = await WebRtcMedia.create((name, payload) => ask(name, payload), flash);
+  cameras.start();
   render();
+}
+
+function ask(name, payload) {
+  return new Promise((resolve) => {
+    rooms.timeout(ACK_TIMEOUT_MS).emit(name, payload, (err, answer) => {
+      resolve(err ? { ok: false, error: "no answer from the server" } : answer);
+    });
+  });
 }
 
 boot();

@@ -90,14 +90,15 @@ export class UnitMap {
       attributionControl: Boolean(settings.tile_url),
       keyboard: true,
     });
+    // The graticule is always drawn: with a tile URL it shows through tiles that fail to
+    // load (a tile server out of reach), so the map stays usable offline.
+    new Graticule({ maxZoom: 22 }).addTo(this.map);
     if (settings.tile_url) {
       L.tileLayer(settings.tile_url, {
         maxZoom: settings.tile_max_zoom ?? 19,
         attribution: settings.tile_attribution || "",
       }).addTo(this.map);
       element.classList.add("has-tiles");
-    } else {
-      new Graticule({ maxZoom: 22 }).addTo(this.map);
     }
     L.control.scale({ imperial: false, position: "bottomleft" }).addTo(this.map);
     this.markers = new Map();
