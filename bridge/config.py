@@ -183,7 +183,7 @@ DEFAULT_SIP_CODECS: tuple[SipCodec, ...] = ("G722", "PCMU", "PCMA", "L16")
 class SipGatewayConfig(_Section):
     """The SIP gateway (pjsua2), in a gateway process of its own."""
 
-    enabled: bool = False
+    enabled: bool = True
     #: The SIP front (UDP) that phones and PBXs reach; it relays to the pjsua2 workers.
     listen_host: str = "127.0.0.1"
     listen_port: Port = 5060
@@ -235,7 +235,7 @@ class SipGatewayConfig(_Section):
 class WebRtcGatewayConfig(_Section):
     """The WebRTC gateway (aiortc), in a gateway process of its own."""
 
-    enabled: bool = False
+    enabled: bool = True
     #: Host candidates only on these interfaces (names such as ``eth0``, or IPv4/IPv6
     #: addresses; ``127.0.0.1`` is allowed here). Empty: every address but loopback.
     interfaces: list[str] = Field(default_factory=list)
@@ -318,7 +318,7 @@ class CameraConfig(_Section):
 class CameraGatewayConfig(_Section):
     """The camera gateway (RTSP through PyAV), in a gateway process of its own."""
 
-    enabled: bool = False
+    enabled: bool = True
     cameras: list[CameraConfig] = Field(default_factory=list)
     #: Reconnection back-off after a camera drops: doubles from min to max.
     reconnect_min_s: float = Field(default=1.0, gt=0)
@@ -373,6 +373,24 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         else:
             parts.append(item)
     return ".".join(parts) or "(top level)"
+
+
+def without_secrets(model: BaseModel) -> dict[str, Any]:
+    """``model`` as JSON-ready data with every secret field (``repr=False``) emptied.
+
+    For processes that need the settings but not the secrets, whose configuration may
+    show in a process list (media workers take theirs on the command line).
+    """
+    data: dict[str, Any] = model.model_dump(mode="json")
+    for name, info in type(model).model_fields.items():
+        value = getattr(model, name)
+        if info.repr is False:
+            data[name] = type(value)()
+        elif isinstance(value, BaseModel):
+            data[name] = without_secrets(value)
+        elif isinstance(value, list) and value and isinstance(value[0], BaseModel):
+            data[name] = [without_secrets(item) for item in value]
+    return data
 
 
 def parse_config(data: dict[str, Any]) -> Config:

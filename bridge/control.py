@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import channel
-from .config import Config
+from .config import Config, without_secrets
 from .gatewayhost import GatewayHost
 from .model import Participant, Patch, Room, RoomMode, new_id
 from .recording import RecorderService
@@ -196,7 +196,7 @@ class Control:
                 str(worker_end.fileno()),
                 *role,
                 "--config",
-                json.dumps(self.config.model_dump(mode="json")),
+                json.dumps(without_secrets(self.config)),
                 "--log-level",
                 logging.getLevelName(logging.getLogger().level),
             ],

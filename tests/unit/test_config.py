@@ -54,3 +54,26 @@ def test_unreadable_and_invalid_files(tmp_path: Path) -> None:
 def test_secret_is_not_in_repr() -> None:
     config = Config.model_validate({"auth": {"secret": "s3cr3t-value"}})
     assert "s3cr3t-value" not in repr(config)
+
+
+def test_without_secrets_empties_every_secret_field_and_keeps_the_rest() -> None:
+    from bridge.config import parse_config, without_secrets
+
+    config = parse_config(
+        {
+            "auth": {"secret": "s3cret-signing-key"},
+            "gateways": {
+                "webrtc": {"turn_credential": "turn-pass"},
+                "sip": {"pins": {"tac-1": "1234"}},
+                "camera": {"cameras": [{"name": "c1", "url": "rtsp://admin:campass@10.0.0.9/s"}]},
+            },
+        }
+    )
+    data = without_secrets(config)
+    text = repr(data)
+    for secret in ("s3cret-signing-key", "turn-pass", "1234", "campass"):
+        assert secret not in text
+    assert data["auth"]["secret"] == ""
+    assert data["gateways"]["camera"]["cameras"][0]["url"] == "rtsp://10.0.0.9/s"
+    assert data["gateways"]["camera"]["cameras"][0]["username"] == "admin"
+    assert parse_config(data).media == config.media  # what is left still validates
