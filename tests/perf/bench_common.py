@@ -210,7 +210,18 @@ class UcbridgeServer:
             f'[server]\nhost = "{LOOPBACK}"\nport = {self.port}\n'
             f'[media]\nworkers = {workers}\nrtp_host = "{LOOPBACK}"\n'
             f"rtp_port_base = {self.rtp_base}\n{pins}"
-            f'[recording]\ndir = "{tmp / "recordings"}"\n' + extra_toml
+            f'[recording]\ndir = "{tmp / "recordings"}"\n'
+            # A benchmark that does not configure gateway processes runs none: they would
+            # only add their idle cost to its figures.
+            + (
+                ""
+                if "[gateways" in extra_toml
+                else f'[gateways]\nruntime_dir = "{tmp / "run"}"\n'
+                + "".join(
+                    f"[gateways.{name}]\nenabled = false\n" for name in ("sip", "webrtc", "camera")
+                )
+            )
+            + extra_toml
         )
         self.authority = TokenAuthority(SECRET)
         self.api = Api(self.port, self.authority.issue("bench", Role.DISPATCHER))
