@@ -49,11 +49,20 @@ AUDITED_ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/api/cameras/{camera}"): "camera_remove",
     ("POST", "/api/cameras/{camera}/views"): "camera_view_start",
     ("DELETE", "/api/cameras/{camera}/views/{view}"): "camera_view_end",
+    ("POST", "/api/patches"): "patch",
+    ("DELETE", "/api/patches/{patch}"): "unpatch",
+    ("PUT", "/api/rooms/{room}/participants/{participant}/monitor"): "monitor",
 }
 #: Request-body keys whose values never reach the audit log (a camera's password).
 SECRET_KEYS = frozenset({"password", "secret", "token"})
 #: State-changing routes that are not dispatcher actions (units' own position reports).
-UNAUDITED_ROUTES = frozenset({("POST", "/api/presence/{unit}"), ("POST", "/api/trunking/location")})
+UNAUDITED_ROUTES = frozenset(
+    {
+        ("POST", "/api/presence/{unit}"),
+        ("POST", "/api/presence/reports"),
+        ("POST", "/api/trunking/location"),
+    }
+)
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DENIED_STATUSES = frozenset({401, 403})
 

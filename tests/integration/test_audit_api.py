@@ -109,3 +109,21 @@ def test_verify_finds_a_line_edited_on_disk(server: Server) -> None:
         "ok": False,
         "error": "audit line 3 does not chain to the line before it",
     }
+
+
+def test_patches_and_monitors_are_named_actions_and_batched_fixes_are_not_audited(
+    server: Server,
+) -> None:
+    for name in ("pa", "pb"):
+        server.ok("POST", "/api/rooms", {"name": name})
+    patch = server.ok("POST", "/api/patches", {"rooms": ["pa", "pb"]})
+    server.ok("DELETE", f"/api/patches/{patch['id']}")
+    leg = server.ok(
+        "POST",
+        "/api/rooms/pa/participants",
+        {"address": {"ip": "127.0.0.1", "port": 30004}, "dispatcher": True},
+    )
+    server.ok("PUT", f"/api/rooms/pa/participants/{leg['id']}/monitor", {"rooms": {"pb": 0.5}})
+    server.ok("POST", "/api/presence/reports", {"reports": [{"unit": "car-1", "lat": 1, "lon": 2}]})
+    actions = [r["action"] for r in _records(server)]
+    assert actions[2:] == ["rest:patch", "rest:unpatch", "rest:join", "rest:monitor"]
