@@ -15,6 +15,10 @@ The camera gateway runs in a process of its own; these routes reach it only thro
   ``camera_view`` audit record: who, which camera, from when to when (views still open at
   shutdown are closed then, and say so).
 
+Cameras added over REST live in the camera gateway's process; the registry keeps what was
+posted (in memory: credentials included, never logged) and adds them again when that
+process restarts (``gateway_restarted``), so they survive it as configured cameras do.
+
 Cameras with a position are units of kind ``camera`` in the presence registry (unit id
 ``camera:<name>``, heading = view direction), kept in step with the gateway: on its
 ``camera_added``/``camera_removed`` events, when it (re)starts, and every
@@ -75,6 +79,10 @@ class CameraRegistry:
         self.control = control
         self.presence = presence
         self.views: dict[str, View] = {}
+        #: Cameras added over REST, as posted: added again after a gateway restart.
+        self.added: dict[str, dict[str, Any]] = {}
+        #: Cameras added again after a restart (counted for tests and metrics).
+        self.readded = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe = control.subscribe(self._on_event)
@@ -105,6 +113,7 @@ class CameraRegistry:
         if not self.control.gateways.running(GATEWAY):
             return False
         cameras = await self.control.gateways.request(GATEWAY, "cameras")
+        cameras += await self._readd({str(c["name"]) for c in cameras})
         seen = set()
         for camera in cameras:
             if camera.get("lat") is None or camera.get("lon") is None:
@@ -116,6 +125,27 @@ class CameraRegistry:
             if unit.kind is ParticipantKind.CAMERA and unit.id not in seen:
                 self.presence.remove(unit.id)
         return True
+
+    async def _readd(self, present: set[str]) -> list[dict[str, Any]]:
+        """Add the REST cameras a restarted gateway has lost; the ones it now refuses are
+        dropped (logged by name only)."""
+        readded = []
+        for name, body in list(self.added.items()):
+            if name in present:
+                continue
+            try:
+                camera = await self.control.gateways.request(GATEWAY, "add_camera", camera=body)
+            except LinkError as exc:
+                if exc.kind == "Conflict":
+                    continue
+                if exc.kind != "Invalid":
+                    raise
+                logger.warning("camera %s is not added again: %s", name, exc)
+                del self.added[name]
+                continue
+            self.readded += 1
+            readded.append(camera)
+        return readded
 
     def place(self, unit_id: str, camera: dict[str, Any]) -> None:
         rooms = camera.get("rooms") or []
@@ -205,15 +235,25 @@ class CamerasApi:
             if exc.kind == "Invalid":
                 return json_error(422, str(exc))
             raise
+        registry = request.app[CAMERAS]
+        registry.added[str(camera["name"])] = body
         if camera.get("lat") is not None and camera.get("lon") is not None:
-            request.app[CAMERAS].place(UNIT_PREFIX + str(camera["name"]), camera)
+            registry.place(UNIT_PREFIX + str(camera["name"]), camera)
         return web.json_response(camera, status=201)
 
     @require(Role.DISPATCHER)
     async def remove(self, request: web.Request) -> web.Response:
         name = request.match_info["camera"]
-        await request.app[CONTROL].gateways.request(GATEWAY, "remove_camera", camera=name)
         registry = request.app[CAMERAS]
+        posted = registry.added.pop(name, None)
+        try:
+            await request.app[CONTROL].gateways.request(GATEWAY, "remove_camera", camera=name)
+        except LinkError as exc:
+            # A restarted gateway that has not got it back yet: removed all the same.
+            if posted is None or exc.kind != "NotFound":
+                if posted is not None:
+                    registry.added[name] = posted
+                raise
         registry.presence.remove(UNIT_PREFIX + name)
         for view in [v for v in registry.views.values() if v.camera == name]:
             registry.close_view(view, request.app, "camera removed")

@@ -304,6 +304,7 @@ class Camera:
             "frames_forwarded": counters.forwarded,
             "frames_transcoded": counters.transcoded,
             "keyframes": counters.keyframes,
+            "parts_joined": counters.parts_joined,
             "audio_frames": counters.audio_frames,
             "audio_legs": self.audio.joined if self.audio is not None else [],
             "reconnects": self.reconnects,

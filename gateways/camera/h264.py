@@ -159,3 +159,72 @@ def iter_access_units(stream: bytes) -> Iterator[bytes]:
         has_slice = has_slice or kind in (NAL_SLICE, NAL_IDR)
     if current:
         yield join_nal_units(current)
+
+
+def _vcl_units(units: list[bytes]) -> list[bytes]:
+    return [u for u in units if nal_type(u) in (NAL_SLICE, NAL_IDR)]
+
+
+def _starts_picture(unit: bytes) -> bool:
+    """A slice whose first_mb_in_slice is 0 (§7.3.3: ue(v), a lone 1 bit) starts a picture."""
+    return len(unit) > 1 and bool(unit[1] & 0x80)
+
+
+class AccessUnitJoiner:
+    """Joins the parts FFmpeg's H.264 parser splits one access unit into.
+
+    The parser starts a new packet at an SPS or PPS (§7.4.1.2.3: they begin an access
+    unit), so a camera that repeats them before every IDR slice of a multi-slice picture
+    (GStreamer's ``rtph264pay config-interval=-1`` with x264's sliced threads does) arrives
+    as several packets of one timestamp. Forwarded apart, a browser decodes each as a
+    picture of its own, with all but one slice missing. A part is a continuation when its
+    timestamp equals the held one's or its first slice does not start the picture; the
+    repeated parameter sets and delimiters in it are dropped.
+
+    An access unit is handed on once it has as many slices as the last one completed by a
+    later timestamp (learned; encoders keep their slice count), else when that later
+    timestamp arrives, so whole pictures cost no extra delay.
+    """
+
+    def __init__(self) -> None:
+        self._units: list[bytes] = []
+        self._pts: int | None = None
+        self._held = False
+        self._last_pts: int | None = None
+        #: Slices per picture, learned from access units ended by a later timestamp.
+        self.slices = 0
+        #: Parts joined onto a held access unit.
+        self.joined = 0
+        #: Parts of an access unit already handed on (the learned count was too low).
+        self.late_parts = 0
+
+    def push(self, data: bytes, pts: int | None) -> list[tuple[bytes, int | None]]:
+        """Take one demuxed packet; the access units now complete, in order."""
+        units = split_nal_units(data)
+        vcl = _vcl_units(units)
+        out: list[tuple[bytes, int | None]] = []
+        continues = bool(vcl) and not _starts_picture(vcl[0])
+        if self._held and (continues or pts is None or self._pts is None or pts == self._pts):
+            self._units += [u for u in units if nal_type(u) not in (NAL_AUD, NAL_SPS, NAL_PPS)]
+            self._pts = self._pts if self._pts is not None else pts
+            self.joined += 1
+        else:
+            if self._held:
+                self.slices = len(_vcl_units(self._units))
+                out.append(self._take())
+            elif pts is not None and pts == self._last_pts and continues:
+                self.late_parts += 1
+                self.slices += len(vcl)
+            self._units, self._pts, self._held = units, pts, True
+        if self.slices and len(_vcl_units(self._units)) >= self.slices:
+            out.append(self._take())
+        return out
+
+    def flush(self) -> list[tuple[bytes, int | None]]:
+        return [self._take()] if self._held else []
+
+    def _take(self) -> tuple[bytes, int | None]:
+        unit = (join_nal_units(self._units), self._pts)
+        self._last_pts = self._pts
+        self._units, self._pts, self._held = [], None, False
+        return unit

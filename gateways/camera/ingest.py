@@ -28,7 +28,7 @@ import av
 
 from bridge.videobus import EncodedFrame
 
-from .h264 import ParameterSets, parameter_sets_from_extradata
+from .h264 import AccessUnitJoiner, ParameterSets, parameter_sets_from_extradata
 
 logger = logging.getLogger("bridge.gateways.camera")
 
@@ -69,6 +69,8 @@ class IngestCounters:
     audio_frames: int = 0
     bad_packets: int = 0
     parameter_sets_repaired: int = 0
+    #: Demuxed parts joined into one access unit (see :class:`.h264.AccessUnitJoiner`).
+    parts_joined: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,6 +116,7 @@ class RtspSession:
         self._on_audio = on_audio
         self.counters = IngestCounters()
         self._parameter_sets = ParameterSets()
+        self._joiner = AccessUnitJoiner()
         self._started = False
         self._last_pts = 0
         self._clock_start = 0.0
@@ -177,15 +180,17 @@ class RtspSession:
         if not stop.is_set():
             raise IngestError("the camera ended the stream")
 
-    def _pts90k(self, packet: Any) -> int:
-        if packet.pts is None or packet.time_base is None:
+    def _pts90k(self, pts: int | None, time_base: Any) -> int:
+        if pts is None or time_base is None:
             # FFmpeg gives the first access unit no pts before RTCP sync: take the clock.
             return self._last_pts or int((time.monotonic() - self._clock_start) * VIDEO_CLOCK)
-        return int(packet.pts * packet.time_base * VIDEO_CLOCK)
+        return int(pts * time_base * VIDEO_CLOCK)
 
     def _forward(self, packet: Any) -> None:
-        self.counters.forwarded += 1
-        self._publish(bytes(packet), self._pts90k(packet))
+        for data, pts in self._joiner.push(bytes(packet), packet.pts):
+            self.counters.forwarded += 1
+            self.counters.parts_joined = self._joiner.joined
+            self._publish(data, self._pts90k(pts, packet.time_base))
 
     def _publish(self, data: bytes, pts: int) -> None:
         data, keyframe = self._parameter_sets.prepare(data)

@@ -28,6 +28,8 @@ from typing import Any
 
 import av
 import numpy as np
+from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 logger = logging.getLogger("bridge.gateways.webrtc.audio")
@@ -52,8 +54,29 @@ CLOCK_RESET_S = 0.1
 #: Range of the UDP receive buffer of one leg.
 RECEIVE_BUFFER_BYTES = 256 * 1024
 
+#: Frames aiortc's audio receive buffer holds back before it releases the oldest. aiortc uses
+#: 4 (80 ms); the buffer releases on packet arrival, not on a playout clock, so holding
+#: back only absorbs reordering, never timing jitter, which the worker's jitter buffer
+#: absorbs. 1 (20 ms: a frame goes on when the next one arrives) keeps 60 ms off every
+#: browser's mouth-to-ear, both ways; a packet reordered by more than one is lost (and
+#: concealed by the worker).
+AUDIO_PREFETCH = 1
+AUDIO_JITTER_CAPACITY = 16
+#: Name of the jitter buffer attribute inside aiortc's RTCRtpReceiver.
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+
 _SILENCE = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 _NETWORK_INT16 = np.dtype(">i2")
+
+
+def shorten_receive_buffer(receiver: RTCRtpReceiver, prefetch: int = AUDIO_PREFETCH) -> None:
+    """Give an audio receiver a shallower jitter buffer (call before it receives)."""
+    if not isinstance(getattr(receiver, _JITTER_BUFFER, None), JitterBuffer):
+        raise RuntimeError(
+            "aiortc's RTCRtpReceiver has no jitter buffer attribute: the shallow audio "
+            "buffer needs aiortc 1.9 to 1.16"
+        )
+    setattr(receiver, _JITTER_BUFFER, JitterBuffer(AUDIO_JITTER_CAPACITY, prefetch=prefetch))
 
 
 def l16_packet(seq: int, timestamp: int, ssrc: int, payload: bytes, marker: bool) -> bytes:

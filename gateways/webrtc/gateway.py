@@ -35,7 +35,7 @@ from aiortc.sdp import SessionDescription, candidate_from_sdp
 from bridge.config import Config
 from bridge.gatewaylink import LinkError
 
-from .audio import L16_PAYLOAD_TYPE, L16_RATE, AudioLeg
+from .audio import L16_PAYLOAD_TYPE, L16_RATE, AudioLeg, shorten_receive_buffer
 from .ice import rtc_configuration
 from .video import (
     FORWARDABLE,
@@ -360,6 +360,7 @@ class WebRtcGateway:
             if kind == "audio":
                 transceiver = pc.addTransceiver(leg.mix, direction="sendrecv")
                 transceiver.setCodecPreferences(opus)
+                shorten_receive_buffer(transceiver.receiver)
             elif kind == "video" and direction in _SENDING:
                 transceiver = pc.addTransceiver("video", direction="recvonly")
                 install_tap(transceiver.receiver, self._publisher_frames(session))

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -308,3 +310,39 @@ def test_camera_drop_and_recovery(camera_server: Server, rtsp: RtspCamera) -> No
     camera = srv.get(f"/api/cameras/{CAMERA}")
     assert camera["state"] == "online" and camera["outages"] == 1
     assert camera["frames_transcoded"] == 0
+
+
+def test_rest_cameras_survive_a_camera_gateway_restart(
+    camera_server: Server, rtsp: RtspCamera
+) -> None:
+    srv = camera_server
+    url = rtsp.url().replace("rtsp://", "rtsp://viewer:" + PASSWORD + "@")
+    srv.ok("POST", "/api/cameras", {"name": "dock", "url": url, "lat": 48.2, "lon": 11.6})
+    (before,) = [g for g in srv.get("/health")["gateways"] if g["name"] == "camera"]
+    os.kill(before["pid"], signal.SIGKILL)
+
+    deadline = time.monotonic() + 30
+    names: list[str] = []
+    gateway: dict[str, Any] = before
+    while time.monotonic() < deadline:
+        (gateway,) = [g for g in srv.get("/health")["gateways"] if g["name"] == "camera"]
+        if gateway["state"] == "running" and gateway["pid"] != before["pid"]:
+            status, reply = srv.request("GET", "/api/cameras")
+            names = sorted(c["name"] for c in reply["cameras"]) if status == 200 else []
+            if names == ["dock", CAMERA]:
+                break
+        time.sleep(0.1)
+    assert gateway["restarts"] == before["restarts"] + 1, gateway
+    assert names == ["dock", CAMERA], "the REST camera is back after the restart"
+    dock = srv.get("/api/cameras/dock")
+    assert dock["has_credentials"] is True and PASSWORD not in json.dumps(dock)
+    # It is a working camera again: a viewer gets its frames.
+    viewer = BusViewer(bus_path(srv), "camera:dock")
+    try:
+        assert viewer.wait_frames(5)[0].frame.keyframe
+    finally:
+        viewer.close()
+    # Removed over REST, it stays removed.
+    srv.ok("DELETE", "/api/cameras/dock")
+    assert [c["name"] for c in srv.get("/api/cameras")["cameras"]] == [CAMERA]
+    assert PASSWORD not in srv.log.read_text()

@@ -79,3 +79,33 @@ def test_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAM_GATE_PASSWORD", "from-env")
     config = CameraConfig(name="gate", url="rtsp://h/s", password_env="CAM_GATE_PASSWORD")
     assert config.secret() == "from-env"
+
+
+def test_split_access_units_are_joined_without_delay_for_whole_ones() -> None:
+    # As GStreamer (config-interval=-1, two slices a picture) through FFmpeg's parser: the
+    # IDR comes in two packets of one timestamp, each part led by SPS/PPS; P-frames whole.
+    aud, sps, pps = b"\x09\xf0", b"\x67\x42\xc0\x1e", b"\x68\xce\x3c\x80"
+    idr_top, idr_bottom = b"\x65\x88\x84", b"\x65\x00\x0a\x84"  # first_mb 0, then not 0
+    p_top, p_bottom = b"\x41\x9a\x02", b"\x41\x00\x26\x9a"
+
+    def annexb(*units: bytes) -> bytes:
+        return h264.join_nal_units(list(units))
+
+    joiner = h264.AccessUnitJoiner()
+    assert joiner.push(annexb(aud, sps, pps, idr_top), None) == []
+    assert joiner.push(annexb(sps, pps, idr_bottom), 3600) == []
+    # The later timestamp ends the IDR; learned, the whole P-frame goes on at once too.
+    assert joiner.push(annexb(aud, p_top, p_bottom), 7200) == [
+        (annexb(aud, sps, pps, idr_top, idr_bottom), 3600),
+        (annexb(aud, p_top, p_bottom), 7200),
+    ]
+    assert joiner.slices == 2 and joiner.flush() == []
+    assert joiner.push(annexb(aud, p_top, p_bottom), 10800) == [
+        (annexb(aud, p_top, p_bottom), 10800)
+    ]
+    assert joiner.push(annexb(aud, sps, pps, idr_top), 14400) == []
+    assert joiner.push(annexb(sps, pps, idr_bottom), 14400) == [
+        (annexb(aud, sps, pps, idr_top, idr_bottom), 14400)
+    ]
+    assert (joiner.joined, joiner.late_parts) == (2, 0)
+    assert h264.is_keyframe(annexb(aud, sps, pps, idr_top, idr_bottom))

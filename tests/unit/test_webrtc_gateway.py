@@ -14,6 +14,7 @@ import fractions
 import struct
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aioice.ice
@@ -241,18 +242,35 @@ async def test_audio_both_ways_through_the_loopback_leg(bridge: Any) -> None:
         await client.close()
 
 
-async def test_reconnect_with_the_same_session_replaces_the_leg(bridge: Any) -> None:
-    gateway, link, worker = bridge  # noqa: RUF059
+async def test_a_new_peer_connection_of_the_same_session_keeps_the_leg(bridge: Any) -> None:
+    gateway, link, worker = bridge
     first = RTCPeerConnection()
     first.addTrack(ToneTrack(TONE_TO_WORKER))
     second = RTCPeerConnection()
     second.addTrack(ToneTrack(TONE_TO_WORKER))
+    received: list[MediaStreamTrack] = []
+    second.on("track", received.append)
     try:
         a = await connect(gateway, first, "same")
+        await wait_for(lambda: len(worker.frames) > 5)
         b = await connect(gateway, second, "same")
-        assert a["participant"] in link.left
-        assert list(link.joined) == [b["participant"]]
+        # Same room: the new peer connection takes over the leg; it never left (a floor
+        # it holds stays held) and the room holds it once.
+        assert b["participant"] == a["participant"]
+        assert not link.left and list(link.joined) == [a["participant"]]
         assert len(gateway.sessions) == 1
+        # Audio flows both ways through the kept leg.
+        sent = len(worker.frames)
+        await wait_for(lambda: len(worker.frames) > sent + 25)
+        sending = asyncio.ensure_future(worker.send_tone(2.0))
+        await wait_for(lambda: bool(received))
+        pcm = await record(received[0], 1.5)
+        assert band_share(pcm[-48000 // 2 :], TONE_FROM_WORKER, 48000) > 0.8
+        await sending
+        # The old peer connection's end does not end the session it handed on.
+        await first.close()
+        await asyncio.sleep(0.5)
+        assert not link.left and len(gateway.sessions) == 1
     finally:
         await first.close()
         await second.close()
@@ -381,6 +399,48 @@ async def test_transcoded_once_per_source_not_per_viewer() -> None:
     assert source.counters.transcoded < len(units) + 1  # once per frame, not per viewer
     assert source.counters.forwarded == len(units)
     await source.close()
+
+
+async def test_camera_feed_waits_for_the_bus_and_comes_back_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The camera gateway reports running before its bus socket exists, and may restart:
+    the WebRTC gateway's subscription retries with back-off; its viewer's timeline never
+    goes back when the restarted camera's timestamps do."""
+    from bridge.videobus import EncodedFrame, VideoBusServer
+
+    path = tmp_path / "video.sock"
+    link = FakeLink(0, FakeWorker())
+    gateway = WebRtcGateway(link, Settings(video_bus=path))
+    source = gateway._source("camera:gate", "r1")
+    viewer = EncodedTrack("H264")
+    source.add_viewer(viewer)
+    gateway._watch_camera(source)
+    idr = b"\x00\x00\x00\x01\x67\x42\x00\x00\x00\x01\x65\x88"
+
+    async def serve(first_pts: int) -> None:
+        bus = VideoBusServer(path)
+        await bus.start()
+        bus.add_source("camera:gate")
+        await wait_for(lambda: bus.subscribers("camera:gate") == 1)
+        for i in range(3):
+            bus.publish(EncodedFrame("camera:gate", "H264", first_pts + i * 3600, True, idr, 0.0))
+        await wait_for(lambda: len(viewer._queue) >= 3)
+        await bus.close()
+
+    try:
+        await wait_for(lambda: source.counters.bus_errors >= 2)  # no bus yet: it keeps trying
+        assert source.counters.frames_in == 0
+        await serve(900000)
+        first = [(await viewer.recv()).pts for _ in range(3)]
+        await serve(0)  # a restart: timestamps start again from 0
+        second = [(await viewer.recv()).pts for _ in range(3)]
+    finally:
+        await gateway.close()
+    assert first == [900000, 903600, 907200]
+    assert second == sorted(second) and second[0] > first[-1]
+    assert viewer.restarts == 1
+    assert [e["kind"] for e in link.events if e["event"] == "webrtc_error"][:1] == ["Unavailable"]
 
 
 def test_interface_addresses() -> None:
