@@ -124,27 +124,9 @@ def _video_clients(base: str, tokens: list[str], seconds: float, conn: Any) -> N
 async def _run_video(base: str, tokens: list[str], seconds: float, conn: Any) -> dict[str, Any]:
     """Client 0 publishes video; the others view it after a phase of audio only."""
     import av
-    import socketio
-    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCPeerConnection
     from aiortc.mediastreams import MediaStreamTrack
-
-    class Quiet(MediaStreamTrack):
-        kind = "audio"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.pts = 0
-            self.start = time.monotonic()
-
-        async def recv(self) -> Any:
-            await asyncio.sleep(max(0.0, self.start + self.pts / 48000 - time.monotonic()))
-            frame = av.AudioFrame.from_ndarray(
-                np.zeros((1, 960), dtype=np.int16), format="s16", layout="mono"
-            )
-            frame.sample_rate, frame.pts = 48000, self.pts
-            frame.time_base = fractions.Fraction(1, 48000)
-            self.pts += 960
-            return frame
+    from webrtc_client import QuietTrack, connect, offer_answer, wait_connected
 
     class Ball(MediaStreamTrack):
         kind = "video"
@@ -178,7 +160,7 @@ async def _run_video(base: str, tokens: list[str], seconds: float, conn: Any) ->
 
     async def offer(i: int, sources: list[str], publish: bool = False) -> dict[str, Any]:
         pc = RTCPeerConnection()
-        pc.addTrack(Quiet())
+        pc.addTrack(QuietTrack())
         if publish:
             pc.addTransceiver(Ball(), direction="sendonly")
         for _ in sources:
@@ -189,35 +171,17 @@ async def _run_video(base: str, tokens: list[str], seconds: float, conn: Any) ->
             if track.kind == "video":
                 tasks.append(asyncio.ensure_future(count(i, track)))
 
-        await pc.setLocalDescription(await pc.createOffer())
-        answer: dict[str, Any] = await sios[i].call(
-            "webrtc_offer",
-            {"room": ROOM, "sdp": pc.localDescription.sdp, "session": f"video{i}",
-             "video_sources": sources},
-            namespace="/rooms",
-            timeout=30,
-        )  # fmt: skip
-        if not answer.get("ok"):
-            raise RuntimeError(f"offer {i} refused: {answer}")
-        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+        answer = await offer_answer(sios[i], pc, ROOM, f"video{i}", sources)
         old, pcs[i] = pcs.get(i), pc
         if old is not None:
             await old.close()
         return answer
 
     async def all_connected() -> int:
-        deadline = time.monotonic() + CONNECT_TIMEOUT_S
-        while time.monotonic() < deadline:
-            up = sum(1 for pc in pcs.values() if pc.connectionState == "connected")
-            if up == len(pcs):
-                return up
-            await asyncio.sleep(0.1)
-        return sum(1 for pc in pcs.values() if pc.connectionState == "connected")
+        return await wait_connected(pcs.values(), CONNECT_TIMEOUT_S)
 
     for token in tokens:
-        sio = socketio.AsyncClient(reconnection=False)
-        await sio.connect(base, namespaces=["/rooms"], auth={"token": token}, wait_timeout=10)
-        sios.append(sio)
+        sios.append(await connect(base, token))
     source = str((await offer(0, [], publish=True))["publishing"])
     for i in range(1, len(tokens)):
         await offer(i, [])
