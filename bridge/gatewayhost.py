@@ -174,10 +174,21 @@ class GatewayHost:
         gateway.link = link
 
         async def hello(module: str) -> dict[str, Any]:
+            return self.control.config.model_dump(mode="json")
+
+        async def ready() -> None:
             gateway.state = "running"
             gateway.ready.set()
             logger.info("gateway %s running (pid %s)", gateway.name, gateway.pid)
-            return self.control.config.model_dump(mode="json")
+            if gateway.restarts:
+                self.control.publish(
+                    {
+                        "event": "gateway_restarted",
+                        "gateway": gateway.name,
+                        "pid": gateway.pid,
+                        "restarts": gateway.restarts,
+                    }
+                )
 
         async def subscribe(events: list[str] | None) -> None:
             gateway.events = None if events is None else frozenset(events)
@@ -185,6 +196,7 @@ class GatewayHost:
         for op, handler in self._handlers.items():
             link.serve(op, handler)
         link.serve("hello", hello)
+        link.serve("ready", ready)
         link.serve("subscribe", subscribe)
         await link.wait_closed()
         gateway.link = None
@@ -214,15 +226,7 @@ class GatewayHost:
         if gateway.state != "restarting":  # stop() came while it waited
             return
         gateway.restarts += 1
-        self._start(gateway)
-        self.control.publish(
-            {
-                "event": "gateway_restarted",
-                "gateway": gateway.name,
-                "pid": gateway.pid,
-                "restarts": gateway.restarts,
-            }
-        )
+        self._start(gateway)  # gateway_restarted is published once it is ready again
 
     async def stop(self) -> None:
         self._stopping = True

@@ -4,8 +4,10 @@ The control process (:mod:`bridge.gatewayhost`) starts it with one end of a sock
 on the file descriptor named by ``$UCBRIDGE_LINK_FD``. The process asks the control
 process for the validated configuration over that link (so that secrets never appear in
 argv or in the environment), imports ``MODULE`` and runs ``await MODULE.main(link,
-config)``. On SIGTERM or SIGINT, or when the link closes because the control process is
-gone, ``main`` is cancelled and must clean up after itself.
+config)``. Once ``main`` serves its ops and has bound what it listens on, it says so with
+``await link.request("ready")``: only then does the control process list the gateway as
+running and send it requests. On SIGTERM or SIGINT, or when the link closes because the
+control process is gone, ``main`` is cancelled and must clean up after itself.
 """
 
 from __future__ import annotations

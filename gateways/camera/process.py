@@ -16,6 +16,7 @@ from .gateway import CameraGateway
 async def main(link: Any, config: Config) -> None:
     gateway = CameraGateway(link, config.gateways.camera, config.gateways.runtime_dir)
     await gateway.start()
+    await link.request("ready")
     try:
         await asyncio.Event().wait()  # until cancelled: SIGTERM or the link closing
     finally:

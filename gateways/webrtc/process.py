@@ -29,6 +29,7 @@ async def main(link: GatewayLink, config: Config) -> None:
     gateway.start()
     try:
         await link.request("subscribe", events=SUBSCRIBED_EVENTS)
+        await link.request("ready")
         logger.info("WebRTC gateway ready")
         await asyncio.Event().wait()
     finally:

@@ -34,4 +34,5 @@ async def main(link: GatewayLink, config: Config) -> None:
     link.serve("die", die)
     link.on_event(seen)
     await link.request("subscribe", events=["probe"])
+    await link.request("ready")
     await asyncio.Event().wait()
