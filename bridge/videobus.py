@@ -46,10 +46,11 @@ _KNOWN_FLAGS = FLAG_KEYFRAME
 MAX_SOURCE_LENGTH = 255
 #: Longest record payload; a 4K IDR is well under it.
 MAX_RECORD = 16 * 1024 * 1024
-#: Bytes waiting in a subscriber's socket buffer above which it drops to the next keyframe.
-HIGH_WATER = 4 * 1024 * 1024
+#: Bytes waiting in a subscriber's socket buffer above which it drops to the next keyframe:
+#: about 2 s of a 4 Mbit/s camera, so that a slow reader falls behind by seconds, not tens.
+HIGH_WATER = 1024 * 1024
 #: A dropping subscriber resumes at a keyframe once its buffer holds no more than this.
-LOW_WATER = 256 * 1024
+LOW_WATER = 128 * 1024
 #: Bounds of the GOP kept per source; past either, the GOP is forgotten until a keyframe.
 MAX_GOP_FRAMES = 600
 MAX_GOP_BYTES = 32 * 1024 * 1024

@@ -46,7 +46,7 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 #: Codecs aiortc can send pre-encoded (its ``pack`` path).
 FORWARDABLE = ("VP8", "H264")
 #: Encoded frames a viewer may have queued before frames are dropped up to a keyframe.
-VIEWER_QUEUE = 60
+VIEWER_QUEUE = 25  # one second at 25 frames/s
 #: The cached GOP is dropped (the next keyframe starts a new one) beyond these bounds.
 GOP_MAX_FRAMES = 150
 GOP_MAX_BYTES = 4 * 1024 * 1024
@@ -135,6 +135,7 @@ class EncodedTrack(MediaStreamTrack):
             self.dropped += 1
             return False
         if len(self._queue) >= VIEWER_QUEUE:
+            self.dropped += len(self._queue)
             self._queue.clear()
             self._need_keyframe = not unit.keyframe
             if self._need_keyframe:

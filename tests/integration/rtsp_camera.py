@@ -27,7 +27,19 @@ READY = "ready"
 HERE = Path(__file__).resolve().parent
 
 
-def launch_line(video: str, width: int, height: int, fps: int, gop: int, tone: float) -> str:
+def launch_line(
+    video: str,
+    width: int,
+    height: int,
+    fps: int,
+    gop: int,
+    tone: float,
+    pattern: str = "ball",
+    bitrate: int = 1500,
+) -> str:
+    """``pattern`` is videotestsrc's: ``ball`` (little motion, a few hundred kbit/s at
+    720p) or ``snow`` (noise: x264 spends the whole ``bitrate``, kbit/s, like a busy
+    scene on a real camera)."""
     caps = f"video/x-raw,width={width},height={height},framerate={fps}/1"
     if video == "jpeg":
         # RFC 2435 JPEG carries 4:2:0 or 4:2:2 only.
@@ -35,14 +47,14 @@ def launch_line(video: str, width: int, height: int, fps: int, gop: int, tone: f
         encode = "jpegenc quality=60 ! rtpjpegpay name=pay0 pt=26"
     else:
         encode = (
-            f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate=1500"
+            f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={gop} bitrate={bitrate}"
             " ! video/x-h264,profile=baseline ! rtph264pay name=pay0 pt=96 config-interval=-1"
         )
     audio = (
         f"audiotestsrc is-live=true wave=sine freq={tone} volume=0.5"
         " ! audio/x-raw,rate=8000,channels=1 ! mulawenc ! rtppcmupay name=pay1 pt=0"
     )
-    return f"( videotestsrc is-live=true pattern=ball ! {caps} ! {encode} {audio} )"
+    return f"( videotestsrc is-live=true pattern={pattern} ! {caps} ! {encode} {audio} )"
 
 
 def serve(args: argparse.Namespace) -> None:  # runs under the system python3
@@ -53,7 +65,16 @@ def serve(args: argparse.Namespace) -> None:  # runs under the system python3
     from gi.repository import GLib, Gst, GstRtspServer
 
     Gst.init(None)
-    line = launch_line(args.video, args.width, args.height, args.fps, args.gop, args.tone)
+    line = launch_line(
+        args.video,
+        args.width,
+        args.height,
+        args.fps,
+        args.gop,
+        args.tone,
+        args.pattern,
+        args.bitrate,
+    )
 
     class OnePipeline(GstRtspServer.RTSPMediaFactory):  # type: ignore[misc]
         def do_gen_key(self, url: object) -> str:
@@ -91,6 +112,8 @@ class RtspCamera:
         fps: int = 25,
         gop: int = 25,
         tone: float = 1000.0,
+        pattern: str = "ball",
+        bitrate: int = 1500,
         one_pipeline: bool = False,
         log: Path | None = None,
     ) -> None:
@@ -98,6 +121,7 @@ class RtspCamera:
         self.args = [
             "--port", str(port), "--video", video, "--width", str(width),
             "--height", str(height), "--fps", str(fps), "--gop", str(gop), "--tone", str(tone),
+            "--pattern", pattern, "--bitrate", str(bitrate),
         ]  # fmt: skip
         for mount in mounts:
             self.args += ["--mount", mount]
@@ -169,6 +193,8 @@ def main() -> None:
     parser.add_argument("--gop", type=int, default=25)
     parser.add_argument("--tone", type=float, default=1000.0)
     parser.add_argument("--one-pipeline", action="store_true")
+    parser.add_argument("--pattern", choices=("ball", "snow", "smpte"), default="ball")
+    parser.add_argument("--bitrate", type=int, default=1500, help="x264 kbit/s")
     args = parser.parse_args()
     if not args.mount:
         args.mount = ["/cam1"]

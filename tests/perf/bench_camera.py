@@ -442,6 +442,7 @@ def _percentiles(values: list[float]) -> str:
 def section(args: argparse.Namespace, r: Result, machine: Machine) -> str:
     command = (
         f"{SCRIPT} --cameras {args.cameras} --viewers {args.viewers} --seconds {args.seconds:g}"
+        f" --pattern {args.pattern} --bitrate {args.bitrate}"
         + (f" --load-processes {args.load_processes}" if r.kind == "webrtc" else "")
         + (" --viewer-audio" if args.viewer_audio and r.kind == "webrtc" else "")
         + (" --viewers-kind bus" if r.kind == "bus" else "")
@@ -528,6 +529,13 @@ def main() -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=720)
     parser.add_argument("--fps", type=int, default=25)
+    parser.add_argument(
+        "--pattern",
+        choices=("snow", "ball", "smpte"),
+        default="snow",
+        help="test picture: snow makes x264 spend the whole --bitrate, as a busy real scene",
+    )
+    parser.add_argument("--bitrate", type=int, default=2000, help="camera kbit/s (x264 target)")
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--viewers-kind", choices=("webrtc", "bus"), default="webrtc")
     parser.add_argument(
@@ -553,6 +561,8 @@ def main() -> int:
             height=args.height,
             fps=args.fps,
             gop=args.fps,
+            pattern=args.pattern,
+            bitrate=args.bitrate,
             one_pipeline=True,
             log=tmp / "rtsp.log",
         )
