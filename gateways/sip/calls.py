@@ -39,6 +39,8 @@ LEG_RATE = 16000
 WORKER_WAIT_S = 15.0
 #: Core events the gateway listens to.
 CORE_EVENTS = ["floor_granted", "floor_revoked", "left", "room_deleted"]
+#: SIP answers to a refused join, by the link error's kind.
+JOIN_REFUSALS = {"Busy": (486, "Busy Here"), "Unavailable": (503, "Service Unavailable")}
 #: Seconds to let the goodbye prompt play before hanging up.
 GOODBYE_S = 2.0
 
@@ -216,6 +218,9 @@ class CallManager:
                 self._refuse(call, 503, "Service Unavailable")
             return
         call.room, call.room_name, call.mode = room["id"], room["name"], room["mode"]
+        if call.ending:  # cancelled (RFC 3261 §9.2) while the room was looked up
+            self._publish(call)
+            return
         if len(self.in_room(call.room)) > self.config.max_calls_per_room:
             self._refuse(call, 486, "Busy Here")
             return
@@ -250,9 +255,9 @@ class CallManager:
         try:
             result = await self.link.request("join", room=call.room, participant=participant)
         except LinkError as exc:
-            code, reason = (
-                (486, "Busy Here") if exc.kind in ("Busy", "Unavailable") else (500, str(exc))
-            )
+            # A full room is the callee being busy (RFC 3261 §21.4.24); a media worker at
+            # its tick budget is the service, for now (§21.5.4).
+            code, reason = JOIN_REFUSALS.get(exc.kind, (500, str(exc)))
             logger.warning("SIP call %s could not join %s: %s", call.id, call.room_name, exc)
             if call.direction == "in" and call.state not in ("pin", "answered"):
                 self._refuse(call, code, reason)

@@ -56,6 +56,8 @@ class SipFront(asyncio.DatagramProtocol):
         #: SIP Call-ID -> (worker index, forget-after monotonic time or 0.0).
         self.dialogs: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
+        #: INVITEs held unanswered while a worker starts: Call-ID -> forget-after time.
+        self.held: OrderedDict[str, float] = OrderedDict()
 
     # -------------------------------------------------------------- transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -104,6 +106,8 @@ class SipFront(asyncio.DatagramProtocol):
         now = time.monotonic()
         for key in [k for k, (_, until) in self.dialogs.items() if until and until < now]:
             del self.dialogs[key]
+        for key in [k for k, until in self.held.items() if until < now]:
+            del self.held[key]
 
     # ------------------------------------------------------------- requests
     def _ours(self, uri: str) -> bool:
@@ -154,7 +158,8 @@ class SipFront(asyncio.DatagramProtocol):
         call_id = message.call_id
         index = self.route_of(call_id)
         if method == "INVITE" and not message.to_tag() and index is None:
-            if not self.limiter.allow(addr[0]):
+            # A held INVITE's retransmissions are the same request: charged once.
+            if call_id not in self.held and not self.limiter.allow(addr[0]):
                 self.counters["rate_limited"] += 1
                 self._reply(
                     message, addr, 503, "Rate Limited", [("Retry-After", str(RETRY_AFTER_S))]
@@ -180,6 +185,9 @@ class SipFront(asyncio.DatagramProtocol):
                     # A worker is starting: the caller retransmits (timer A, RFC 3261
                     # §17.1.1.2) and finds it; a 100 Trying would stop the retransmission.
                     self.counters["held_for_worker"] += 1
+                    self.held[call_id] = time.monotonic() + LINGER_S
+                    while len(self.held) > MAX_DIALOGS:
+                        self.held.popitem(last=False)
                     return
                 self.counters["at_capacity"] += 1
                 self.pool.refused += 1
@@ -193,6 +201,7 @@ class SipFront(asyncio.DatagramProtocol):
                 )
                 return
             index = chosen.index
+            self.held.pop(call_id, None)
             self.pool.reserve(chosen, call_id)
             self._remember(call_id, index)
         if index is None:

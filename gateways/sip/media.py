@@ -12,10 +12,12 @@ Prompts and floor tones are mixed into what the phone hears here too.
 
 from __future__ import annotations
 
+import array
 import collections
 import random
 import socket
 import struct
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +31,19 @@ L16_PAYLOAD_TYPE = 96
 MAX_QUEUED_FRAMES = 4
 #: Packets read from the leg's socket per frame request at most.
 MAX_READS = 16
+#: Whether pjmedia's PCM (host order) must be byte-swapped to and from network order.
+SWAP = sys.byteorder == "little"
+
+
+def swap16(data: bytes) -> bytes:
+    """16-bit samples between little-endian and network order (``array.byteswap`` is
+    four times faster than numpy for one 20 ms frame, which matters 100 times a second
+    per call in the conference clock's thread)."""
+    if not SWAP:
+        return data
+    samples = array.array("h", data)
+    samples.byteswap()
+    return samples.tobytes()
 
 
 @dataclass
@@ -104,14 +119,13 @@ class LoopbackLeg:
             return
         if len(pcm_le) != self.samples * 2:
             pcm_le = (pcm_le + self._silence)[: self.samples * 2]
-        payload = np.frombuffer(pcm_le, dtype="<i2").astype(">i2").tobytes()
         header = RTP_HEADER.pack(
             RTP_VERSION << 6, L16_PAYLOAD_TYPE, self.seq, self.timestamp, self.ssrc
         )
         self.seq = (self.seq + 1) & 0xFFFF
         self.timestamp = (self.timestamp + self.samples) & 0xFFFFFFFF
         try:
-            self.sock.sendto(header + payload, self.remote)
+            self.sock.sendto(header + swap16(pcm_le), self.remote)
             self.stats.sent += 1
         except OSError:
             self.stats.send_errors += 1
@@ -152,22 +166,17 @@ class LoopbackLeg:
     def next_frame(self) -> bytes:
         """The next frame for the phone (little-endian PCM): the room's mix plus a prompt."""
         self._drain()
-        if self.queue:
-            mix = np.frombuffer(self.queue.popleft(), dtype=">i2").astype(np.int16)
-        else:
-            if self.remote is not None and self.stats.received:
-                self.stats.underruns += 1
-            mix = None
+        payload = self.queue.popleft() if self.queue else None
+        if payload is None and self.remote is not None and self.stats.received:
+            self.stats.underruns += 1
         prompt = self.prompt
-        if prompt is not None:
-            samples, ended = prompt.take(self.samples)
-            if ended:
-                self.prompt = None
-                self.finished.append(prompt.name)
-            if mix is None:
-                mix = samples
-            else:
-                mix = np.clip(mix.astype(np.int32) + samples, -32768, 32767).astype(np.int16)
-        if mix is None:
-            return self._silence
-        return mix.astype("<i2").tobytes()
+        if prompt is None:  # the common case: the room's mix alone, no numpy
+            return self._silence if payload is None else swap16(payload)
+        samples, ended = prompt.take(self.samples)
+        if ended:
+            self.prompt = None
+            self.finished.append(prompt.name)
+        if payload is not None:
+            mix = np.frombuffer(payload, dtype=">i2").astype(np.int32) + samples
+            samples = np.clip(mix, -32768, 32767).astype(np.int16)
+        return samples.astype("=i2").tobytes()

@@ -36,6 +36,9 @@ STOP_TIMEOUT_S = 5.0
 #: (RFC 3261 timer B, 64 * T1).
 RESERVATION_TTL_S = 32.0
 
+#: What wakes a worker's SIP poll (see :meth:`WorkerPool._wake`).
+WAKE = b"\r\n\r\n"
+
 EventHandler = Callable[[int, dict[str, Any]], None]
 
 
@@ -79,6 +82,7 @@ class WorkerPool:
         self.refused = 0
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._waker: socket.socket | None = None
 
     # ------------------------------------------------------------- capacity
     @property
@@ -281,7 +285,19 @@ class WorkerPool:
             worker.sock.send(json.dumps(command).encode())
         except OSError:
             return False
+        self._wake(worker)
         return True
+
+    def _wake(self, worker: SipWorker) -> None:
+        """End the worker's ``libHandleEvents`` poll now, so that it reads the command
+        at once rather than at the end of its poll: RFC 5626 §3.5.1's double-CRLF
+        keep-alive, sent as a datagram to its SIP port, which pjsip drops unanswered."""
+        if self._waker is None:
+            self._waker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self._waker.setblocking(False)
+            self._waker.bind((self.config.listen_host, 0))
+        with contextlib.suppress(OSError):
+            self._waker.sendto(WAKE, (self.config.listen_host, worker.sip_port))
 
     async def stop(self) -> None:
         self.stopping = True
@@ -301,6 +317,9 @@ class WorkerPool:
             self._gone(worker)
         for task in list(self._tasks):
             task.cancel()
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
 
     def health(self) -> dict[str, Any]:
         return {

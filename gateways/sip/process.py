@@ -25,6 +25,9 @@ logger = logging.getLogger("bridge.gateways.sip")
 
 #: How often the front forgets ended dialogs and the pool tops up its spare slots.
 HOUSEKEEPING_S = 5.0
+#: How long an op waits for the gateway to finish starting (its workers start in ~0.3 s
+#: each, in parallel); under the link's 10 s request timeout, so the caller hears why.
+START_WAIT_S = 8.0
 #: What the gateway says when the pjsua2 wheel is missing.
 NO_PJSUA2 = "pjsua2 is not installed (pip install 'ucbridge[sip]')"
 
@@ -70,6 +73,7 @@ async def main(link: GatewayLink, config: Config) -> None:
         logger.error("SIP gateway disabled: %s", NO_PJSUA2)
         for op in ("dial", "calls", "hangup", "status"):
             link.serve(op, _unavailable)
+        await link.request("ready")
         await asyncio.Event().wait()
         return
     loop = asyncio.get_running_loop()
@@ -86,6 +90,46 @@ async def main(link: GatewayLink, config: Config) -> None:
     manager.forget_dialog = front.forget
     transport: asyncio.BaseTransport | None = None
     housekeeping: asyncio.Task[None] | None = None
+    started = asyncio.Event()
+
+    def when_started(handler: Any) -> Any:
+        """Ops are served from the start of main (the control process's requests wait
+        for them); until the front is bound and the first workers are up they wait."""
+
+        async def waiting(**args: Any) -> Any:
+            try:
+                await asyncio.wait_for(started.wait(), START_WAIT_S)
+            except TimeoutError:
+                raise LinkError("the SIP gateway is still starting", "Unavailable") from None
+            return await handler(**args)
+
+        return waiting
+
+    async def dial(room: str, uri: str, by: str = "", account: str | None = None) -> Any:
+        assert manager is not None
+        return await manager.dial(room, uri, by=by, account=account)
+
+    async def calls(room: str) -> Any:
+        assert manager is not None
+        return manager.list(room)
+
+    async def hangup(room: str, call: str) -> None:
+        assert manager is not None
+        manager.hangup(room, call)
+
+    async def status() -> Any:
+        assert manager is not None
+        return {
+            "front": front.stats(),
+            "pool": pool.health(),
+            "calls": len(manager.active()),
+            "registrations": manager.registrations.state,
+        }
+
+    link.serve("dial", when_started(_translate(dial)))
+    link.serve("calls", when_started(_translate(calls)))
+    link.serve("hangup", when_started(_translate(hangup)))
+    link.serve("status", when_started(_translate(status)))
     try:
         # The front first: INVITEs that come while the first worker starts are held
         # (their retransmissions find it), none is lost to a closed port.
@@ -95,32 +139,8 @@ async def main(link: GatewayLink, config: Config) -> None:
         await pool.start()
         link.on_event(manager.on_core_event)
         await link.request("subscribe", events=CORE_EVENTS)
-
-        async def dial(room: str, uri: str, by: str = "", account: str | None = None) -> Any:
-            assert manager is not None
-            return await manager.dial(room, uri, by=by, account=account)
-
-        async def calls(room: str) -> Any:
-            assert manager is not None
-            return manager.list(room)
-
-        async def hangup(room: str, call: str) -> None:
-            assert manager is not None
-            manager.hangup(room, call)
-
-        async def status() -> Any:
-            assert manager is not None
-            return {
-                "front": front.stats(),
-                "pool": pool.health(),
-                "calls": len(manager.active()),
-                "registrations": manager.registrations.state,
-            }
-
-        link.serve("dial", _translate(dial))
-        link.serve("calls", _translate(calls))
-        link.serve("hangup", _translate(hangup))
-        link.serve("status", _translate(status))
+        started.set()
+        await link.request("ready")
         logger.info(
             "SIP gateway on %s:%d (%d worker(s), %d calls each)",
             sip.listen_host,

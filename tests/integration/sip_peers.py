@@ -4,6 +4,7 @@ gateway's settings for a ``Server``. Everything on 127.0.0.1, stopped by PID."""
 from __future__ import annotations
 
 import glob
+import random
 import shutil
 import socket
 import subprocess
@@ -18,12 +19,19 @@ from server import free_port
 RATE = 8000
 
 
+#: SIP and RTP ports of the gateway under test come from this band, below the kernel's
+#: ephemeral range (32768 up): a pjsua2 worker binds a call's RTP ports only when the
+#: call comes, and a ``bind(port=0)`` meanwhile (the gateway's loopback legs, SIPp's
+#: sockets, any other program) must not take one. Other tests use 10000 up.
+PORT_BAND = (6000, 10000)
+
+
 def free_sip_ports(count: int) -> int:
-    """A base port with ``count`` consecutive free UDP ports."""
+    """A base port with ``count`` consecutive free UDP ports (in :data:`PORT_BAND`, from
+    a random start so that tests running at once rarely meet)."""
+    first, last = PORT_BAND
     for _ in range(200):
-        base = free_port(socket.SOCK_DGRAM)
-        if base + count >= 65000:
-            continue
+        base = random.randrange(first, last - count)
         socks = []
         try:
             for i in range(count):
@@ -43,8 +51,8 @@ def sip_toml(
     *, workers: int = 4, extra: str = "", min_workers: int = 1, spare: int = 0
 ) -> tuple[str, int]:
     """A ``[gateways.sip]`` section on free ports; returns it and the front's port."""
-    base = free_sip_ports(workers + 1)
-    rtp = free_sip_ports(workers * 8)
+    base = free_sip_ports(workers + 1 + workers * 8)  # one block: no range meets another
+    rtp = base + workers + 1
     toml = (
         "[gateways.sip]\nenabled = true\n"
         f"listen_port = {base}\nworker_port_base = {base + 1}\n"

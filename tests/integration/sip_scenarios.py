@@ -159,6 +159,111 @@ Content-Length: 0
     )
 
 
+_IN_DIALOG = """{method} [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+[routes]
+Call-ID: [call_id]
+CSeq: {cseq} {method}
+Max-Forwards: 70
+"""
+
+
+def _in_dialog(method: str, cseq: int, content_type: str = "", body: str = "") -> str:
+    head = _IN_DIALOG.format(method=method, cseq=cseq)
+    if content_type:
+        head += f"Content-Type: {content_type}\n"
+    return head + "Content-Length: [len]\n" + (f"\n{body}" if body else "")
+
+
+def info_dtmf_uac(keys: str, gap_ms: int = 1500) -> str:
+    """UAC: call in, then key ``keys`` one by one as SIP INFO ``application/dtmf-relay``
+    (the de-facto format of Cisco and most PBXs), ``gap_ms`` apart, then hang up."""
+    steps = ""
+    cseq = 2
+    for key in keys:
+        steps += f'<pause milliseconds="{gap_ms}"/>\n'
+        steps += _send(
+            _in_dialog("INFO", cseq, "application/dtmf-relay", f"Signal={key}\nDuration=160\n"),
+            retrans=True,
+        )
+        steps += '\n<recv response="200"/>\n'
+        cseq += 1
+    return _scenario(
+        "sip info dtmf",
+        _send(_INVITE_HEAD + "\n" + GOOD_SDP, retrans=True)
+        + '\n<recv response="100" optional="true"/>\n<recv response="180" optional="true"/>\n'
+        + '<recv response="200" rrs="true"/>\n'
+        + _send(_in_dialog("ACK", 1))
+        + "\n"
+        + steps
+        + f'<pause milliseconds="{gap_ms}"/>\n'
+        + _send(_in_dialog("BYE", cseq), retrans=True)
+        + '\n<recv response="200"/>',
+    )
+
+
+def cancelling_uac() -> str:
+    """UAC: call in and CANCEL on the first provisional response (pjsua's 100, before the
+    gateway has looked the room up); the CANCEL is answered 200 and the INVITE 487
+    (RFC 3261 §9.2), which is ACKed."""
+    cancel = """CANCEL sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch-2];rport
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 CANCEL
+Max-Forwards: 70
+Content-Length: 0
+"""
+    return _scenario(
+        "cancel an inbound call",
+        _send(_INVITE_HEAD + "\n" + GOOD_SDP, retrans=True)
+        + '\n<recv response="100"/>\n'
+        + _send(cancel, retrans=True)
+        + '\n<recv response="200"/>\n<recv response="180" optional="true"/>\n'
+        + '<recv response="487"/>\n'
+        + _send(_ACK_NON2XX.replace("[branch]", "[branch-6]")),
+    )
+
+
+def registrar_uas(username: str, password: str, realm: str = "ucbridge.test") -> str:
+    """UAS for two registrations (run with ``calls=2``): the first REGISTER is refused 503,
+    so the gateway must retry with back-off (a new Call-ID: pjsua starts a new client);
+    the retry is challenged (401, RFC 3261 §22.2 digest), its credentials are checked and
+    it is registered. Wrong credentials are answered 403 and fail the run."""
+
+    def answer(status: str, extra: str = "") -> str:
+        return _send(
+            f"SIP/2.0 {status}\n[last_Via:]\n[last_From:]\n"
+            "[last_To:];tag=[pid]SIPpTag01[call_number]\n[last_Call-ID:]\n[last_CSeq:]\n"
+            f"{extra}Content-Length: 0\n"
+        )
+
+    challenge = f'WWW-Authenticate: Digest realm="{realm}", nonce="5e1f0c2a9d", algorithm=MD5\n'
+    return _scenario(
+        "registrar with digest",
+        '<recv request="REGISTER" crlf="true"/>\n'
+        '<nop hide="true"><action><assignstr assign_to="n" value="[call_number]"/>'
+        '<todouble assign_to="num" variable="n"/>'
+        '<test assign_to="first" variable="num" compare="equal" value="1"/></action></nop>\n'
+        '<nop hide="true" test="first" next="unavailable"/>\n'
+        + answer("401 Unauthorized", challenge)
+        + '\n<recv request="REGISTER"><action><verifyauth assign_to="authvalid"'
+        + f' username="{username}" password="{password}"/></action></recv>\n'
+        + '<nop hide="true" test="authvalid" next="good"/>\n'
+        + answer("403 Forbidden")
+        + '\n<recv request="NEVER" timeout="100"/>\n'
+        + '<label id="good"/>\n'
+        + answer("200 OK", "[last_Contact:];expires=60\nExpires: 60\n")
+        + '\n<nop hide="true" next="end"/>\n'
+        + '<label id="unavailable"/>\n'
+        + answer("503 Service Unavailable")
+        + '\n<label id="end"/>',
+    )
+
+
 class Sipp:
     """One ``sipp`` run on 127.0.0.1, stopped by its PID."""
 
@@ -174,12 +279,18 @@ class Sipp:
         self.process: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "sipp.log"
 
-    def start(self, target: str | None = None, service: str = "room", timeout_s: int = 20) -> None:
+    def start(
+        self,
+        target: str | None = None,
+        service: str = "room",
+        timeout_s: int = 20,
+        calls: int = 1,
+    ) -> None:
         args = [
             "sipp", *([target] if target else []),
             "-sf", str(self.scenario), "-s", service,
             "-i", "127.0.0.1", "-p", str(self.port), "-mi", "127.0.0.1",
-            "-mp", str(self.media_port), "-m", "1", "-nostdin",
+            "-mp", str(self.media_port), "-m", str(calls), "-nostdin",
             "-timeout", f"{timeout_s}s", "-timeout_error",
             "-trace_err", "-trace_msg",
         ]  # fmt: skip

@@ -1,8 +1,10 @@
-"""The SIP gateway against SIPp: bad SDP, unknown rooms, CANCEL while ringing, BYE glare,
-and an INVITE flood from one source."""
+"""The SIP gateway against SIPp: bad SDP, unknown rooms, CANCEL while ringing (both ways),
+BYE glare, SIP INFO DTMF, dial-out over socket.io, an INVITE flood from one source, and
+upstream registration with a digest challenge and a retry."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import time
@@ -10,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from console_harness import console
 from server import Server
 from sip_peers import sip_toml, wait_sip
 from sip_scenarios import (
@@ -19,9 +22,14 @@ from sip_scenarios import (
     Sipp,
     bye_glare_uac,
     cancelled_uas,
+    cancelling_uac,
+    info_dtmf_uac,
+    registrar_uas,
     rejected_invite,
 )
 from test_sip_baresip import last_seq, wait_event
+
+from bridge.web.auth import Role
 
 pytestmark = [
     pytest.mark.peer,
@@ -37,6 +45,7 @@ def sip_server(tmp_path: Path) -> Iterator[tuple[Server, int]]:
     server.start()
     wait_sip(port)
     server.ok("POST", "/api/rooms", {"name": "room"})
+    server.ok("POST", "/api/rooms", {"name": "radio", "mode": "ptt"})
     try:
         yield server, port
     finally:
@@ -134,3 +143,107 @@ def test_an_invite_flood_from_one_source_is_rate_limited(sip_server: tuple[Serve
     limited = [a for a in answers if a.startswith(b"SIP/2.0 503 Rate Limited")]
     assert len(limited) >= 15  # burst 3, 2/s
     assert b"Retry-After: 5" in limited[0]
+
+
+def test_an_inbound_call_cancelled_while_ringing_is_answered_487_and_leaves_nothing(
+    sip_server: tuple[Server, int], tmp_path: Path
+) -> None:
+    server, port = sip_server
+    sipp = Sipp(tmp_path, "incancel", cancelling_uac())
+    after = last_seq(server)
+    sipp.start(f"127.0.0.1:{port}", service="room")
+    assert sipp.wait() == 0, sipp.errors() or sipp.log.read_text()
+    failed = wait_event(
+        server,
+        lambda e: e["event"] == "call_state" and e["state"] in ("failed", "ended"),
+        after=after,
+    )
+    assert failed["state"] == "failed" and failed["code"] == 487
+    assert server.get("/api/rooms/room")["participants"] == []
+
+
+def test_sip_info_dtmf_requests_and_releases_the_floor_in_a_ptt_room(
+    sip_server: tuple[Server, int], tmp_path: Path
+) -> None:
+    server, port = sip_server
+    sipp = Sipp(tmp_path, "info", info_dtmf_uac("*#"))
+    after = last_seq(server)
+    sipp.start(f"127.0.0.1:{port}", service="radio")
+    answered = wait_event(
+        server, lambda e: e["event"] == "call_state" and e["state"] == "answered", after=after
+    )
+    phone = answered["participant"]
+    granted = wait_event(
+        server, lambda e: e["event"] == "floor_granted" and e.get("participant") == phone,
+        after=after,
+    )  # fmt: skip
+    wait_event(
+        server, lambda e: e["event"] in ("floor_released", "floor_idle"), after=granted["seq"]
+    )
+    assert sipp.wait() == 0, sipp.errors() or sipp.log.read_text()
+    wait_event(server, lambda e: e["event"] == "call_state" and e["state"] == "ended",
+               after=after)  # fmt: skip
+
+
+async def test_a_dispatcher_dials_and_hangs_up_over_socketio(
+    sip_server: tuple[Server, int], tmp_path: Path
+) -> None:
+    server, _ = sip_server
+    sipp = Sipp(tmp_path, "siodial", cancelled_uas())
+    sipp.start()
+    after = last_seq(server)
+    async with console(server.base, server.token(Role.DISPATCHER, "disp1")) as client:
+        bad = await client.call("dial", {"room": "room", "uri": "sip:"})
+        assert bad["ok"] is False and bad["status"] == 400
+        answer = await client.call(
+            "dial", {"room": "room", "uri": f"sip:unit@127.0.0.1:{sipp.port}"}
+        )
+        assert answer["ok"], answer
+        call = answer["call"]
+        assert call["state"] == "dialling" and call["by"] == "disp1"
+        await asyncio.to_thread(
+            wait_event,
+            server,
+            lambda e: e["event"] == "call_state" and e["state"] == "ringing",
+            after=after,
+        )
+        hung = await client.call("call_hangup", {"room": "room", "call": call["id"]})
+        assert hung["ok"], hung
+    failed = await asyncio.to_thread(
+        wait_event,
+        server,
+        lambda e: e["event"] == "call_state" and e["state"] == "failed",
+        after=after,
+    )
+    assert failed["code"] == 487 and failed["call"] == call["id"]
+    assert await asyncio.to_thread(sipp.wait) == 0, sipp.errors() or sipp.log.read_text()
+
+
+PBX_PASSWORD = "pbx-secret-7f3a"
+
+
+def test_upstream_registration_retries_after_a_failure_and_answers_the_digest_challenge(
+    tmp_path: Path,
+) -> None:
+    sipp = Sipp(tmp_path, "registrar", registrar_uas("1000", PBX_PASSWORD))
+    sipp.start(timeout_s=30, calls=2)
+    toml, _ = sip_toml()
+    toml += (
+        "\n[[gateways.sip.accounts]]\n"
+        'name = "pbx"\nuri = "sip:1000@127.0.0.1"\n'
+        f'registrar = "sip:127.0.0.1:{sipp.port}"\n'
+        f'username = "1000"\npassword = "{PBX_PASSWORD}"\nretry_min_s = 1.0\n'
+    )
+    server = Server(tmp_path, extra_toml=toml, gateways=("sip",))
+    server.start()
+    try:
+        assert sipp.wait(timeout=30) == 0, sipp.errors() or sipp.log.read_text()
+        deadline = time.monotonic() + 10
+        while "SIP account pbx registered" not in server.log.read_text():
+            assert time.monotonic() < deadline, server.log.read_text()[-3000:]
+            time.sleep(0.1)
+        log = server.log.read_text()
+        assert "SIP account pbx registration failed (503" in log
+        assert PBX_PASSWORD not in log
+    finally:
+        server.stop()

@@ -13,6 +13,7 @@ import { Tones } from "./tones.js";
 import { WebRtcMedia } from "./webrtc.js";
 import { CameraConsole } from "./cameras.js";
 import { Patches } from "./patches.js";
+import { Calls } from "./calls.js";
 
 const KIND = {
   sip: { icon: "i-phone", label: "SIP phone" },
@@ -114,6 +115,8 @@ const app = {
 const tones = new Tones();
 // Patches and monitoring (patches.js): function declarations below are hoisted.
 const patches = new Patches({ api, flash: (text) => flash(text), changed: () => scheduleRender() });
+// Phone calls of the selected room: dial box and hang-up (calls.js).
+const calls = new Calls({ act: (name, payload) => act(name, payload), api, changed: () => scheduleRender() });
 let map = null;
 let media = null;
 // Camera cones on the map and camera tiles (cameras.js).
@@ -148,6 +151,9 @@ window.ucb = {
   },
   get cameras() {
     return cameras;
+  },
+  get calls() {
+    return calls;
   },
   units: () =>
     map
@@ -316,6 +322,7 @@ function resume() {
     scheduleRender();
     loadRecordings();
     patches.load();
+    calls.reset();
   });
 }
 
@@ -352,6 +359,7 @@ function connect() {
   rooms.onAny(onLiveEvent);
   rooms.onAny((name) => patches.onEvent(name));
   rooms.onAny((name, event) => cameras.onEvent(name, event));
+  rooms.onAny((name, event) => calls.onEvent(name, event));
   presence.on("connect", () => {
     presence.timeout(ACK_TIMEOUT_MS).emit("subscribe", {}, (err, answer) => {
       if (!err && answer && answer.ok && map) {
@@ -600,6 +608,7 @@ function render() {
   const own = ownLeg(selectedRoom());
   patches.render(roomsList, own ? { id: own.id, room: app.selected } : null, app.volumes);
   renderDetail();
+  calls.render(selectedRoom(), isDispatcher());
   renderPtt();
   renderAlerts();
   renderLog();
@@ -1161,7 +1170,6 @@ async function boot() {
   setupPtt();
   renderOptions();
   $("rec-refresh").addEventListener("click", loadRecordings);
-  $("dial").addEventListener("submit", (event) => event.preventDefault());
   tickClock();
   setInterval(tickClock, 1000);
   let settings = {};
