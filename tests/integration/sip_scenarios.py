@@ -222,7 +222,9 @@ Content-Length: 0
         _send(_INVITE_HEAD + "\n" + GOOD_SDP, retrans=True)
         + '\n<recv response="100"/>\n'
         + _send(cancel, retrans=True)
-        + '\n<recv response="200"/>\n<recv response="180" optional="true"/>\n'
+        # A 180 may cross the CANCEL on the wire: before or after the CANCEL's 200.
+        + '\n<recv response="180" optional="true"/>\n<recv response="200"/>\n'
+        + '<recv response="180" optional="true"/>\n'
         + '<recv response="487"/>\n'
         + _send(_ACK_NON2XX.replace("[branch]", "[branch-6]")),
     )
