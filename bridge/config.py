@@ -250,6 +250,9 @@ class WebRtcGatewayConfig(_Section):
     max_subscribers: int = Field(default=32, ge=0, le=1024)
     #: WebRTC sessions the gateway takes in all.
     max_sessions: int = Field(default=200, ge=1, le=10000)
+    #: Encode each distinct 20 ms mix to Opus once and send it to every browser that hears
+    #: it; false: aiortc encodes every browser's mix on its own.
+    shared_encode: bool = True
 
 
 #: A camera's name; also its video source (``camera:<name>``) and its unit on the map.

@@ -5,7 +5,10 @@ The gateway resamples them once to mono :data:`L16_RATE` and sends one 20 ms L16
 per RTP packet (RFC 3551 §4.5.11, big-endian samples) from its own UDP socket on
 127.0.0.1 to the worker, which joins it to the mix like any leg, with a shallow buffer,
 and detects talkers on its PCM level. The worker's mix for the leg comes back the same
-way and is played into :class:`MixTrack`, which aiortc's sender encodes to Opus.
+way and is played into :class:`MixTrack`. With ``shared_encode`` (the default) the
+gateway's :class:`~.mixencode.MixEncoder` encodes each distinct mix once per tick and the
+track hands aiortc's sender the Opus packets as they are; otherwise aiortc's sender
+encodes the PCM frames, once per leg.
 
 Why 16 kHz and not 48 kHz towards the worker: the room mixes at 16 kHz by default, so the
 worker then resamples nothing for this leg; and an L16/48000 20 ms payload (1920 octets)
@@ -23,6 +26,7 @@ import random
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +35,8 @@ import numpy as np
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from .mixencode import OPUS_FRAME_TICKS, OPUS_TIME_BASE, SILENCE_PACKET, Listener, MixEncoder
 
 logger = logging.getLogger("bridge.gateways.webrtc.audio")
 
@@ -114,7 +120,8 @@ def l16_payload(data: bytes) -> bytes:
 
 
 class MixTrack(MediaStreamTrack):
-    """The worker's mix for one browser, as 20 ms mono frames for aiortc's Opus encoder.
+    """The worker's mix for one browser: 20 ms mono frames for aiortc's Opus encoder, or,
+    when ``encoded``, the shared Opus packets (:mod:`.mixencode`) for its ``pack``.
 
     Frames are returned as soon as the worker's packet arrives, so the worker's tick paces
     the stream. When the worker sends nothing (a ptt room with an idle floor sends nothing,
@@ -125,9 +132,15 @@ class MixTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, encoded: bool = False, on_silence: Callable[[], None] | None = None
+    ) -> None:
         super().__init__()
-        self._frames: collections.deque[np.ndarray[Any, np.dtype[np.int16]]] = collections.deque()
+        self.encoded = encoded
+        self._on_silence = on_silence
+        self._frames: collections.deque[np.ndarray[Any, np.dtype[np.int16]] | bytes] = (
+            collections.deque()
+        )
         self._ready = asyncio.Event()
         self._next = 0.0
         self._pts = 0
@@ -137,17 +150,24 @@ class MixTrack(MediaStreamTrack):
 
     def push(self, payload: bytes) -> None:
         """Queue one L16 frame of the mix (network byte order)."""
+        self._queue(np.frombuffer(payload, dtype=_NETWORK_INT16).astype(np.int16))
+
+    def push_encoded(self, packet: bytes) -> None:
+        """Queue one 20 ms Opus packet of the mix, encoded once for all who hear it."""
+        self._queue(packet)
+
+    def _queue(self, item: np.ndarray[Any, np.dtype[np.int16]] | bytes) -> None:
         if len(self._frames) >= MAX_QUEUED_FRAMES:
             self._frames.popleft()
             self.dropped += 1
-        self._frames.append(np.frombuffer(payload, dtype=_NETWORK_INT16).astype(np.int16))
+        self._frames.append(item)
         self._ready.set()
 
     def stop(self) -> None:
         super().stop()
         self._ready.set()
 
-    async def recv(self) -> av.AudioFrame:
+    async def recv(self) -> av.AudioFrame | av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -164,13 +184,22 @@ class MixTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
         if self._frames:
-            pcm = self._frames.popleft()
+            item = self._frames.popleft()
             self.frames += 1
             self._next = loop.time() + FRAME_S + LATE_SLACK_S
         else:
-            pcm = _SILENCE
+            item = SILENCE_PACKET if self.encoded else _SILENCE
             self.silence += 1
             self._next += FRAME_S
+            if self._on_silence is not None:
+                self._on_silence()
+        if isinstance(item, bytes):
+            packet = av.Packet(item)
+            packet.pts = self._pts
+            packet.time_base = OPUS_TIME_BASE
+            self._pts += OPUS_FRAME_TICKS
+            return packet
+        pcm = item
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
         frame.sample_rate = L16_RATE
         frame.pts = self._pts
@@ -201,11 +230,19 @@ class _LegProtocol(asyncio.DatagramProtocol):
 
 
 class AudioLeg:
-    """The loopback RTP leg of one browser: uplink from aiortc, downlink into :class:`MixTrack`."""
+    """The loopback RTP leg of one browser: uplink from aiortc, downlink into :class:`MixTrack`.
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    With an ``encoder`` the leg's mix frames go through the gateway's shared Opus encode
+    (:mod:`.mixencode`), and its uplink frames mark its own talk bursts there.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", encoder: MixEncoder | None = None) -> None:
         self.host = host
-        self.mix = MixTrack()
+        self.encoder = encoder
+        self.listener: Listener | None = None
+        if encoder is not None:
+            self.listener = encoder.add(self._deliver)
+        self.mix = self._new_mix()
         self.counters = LegCounters()
         self.worker: tuple[str, int] | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -222,7 +259,17 @@ class AudioLeg:
     def renew_mix(self) -> None:
         """A fresh :class:`MixTrack` for a new peer connection (aiortc stops the old one's
         track with its sender); the worker's frames go to it from now on."""
-        self.mix = MixTrack()
+        self.mix = self._new_mix()
+        if self.listener is not None:
+            self.listener.heard_silence()  # a new decoder: any stream may start it
+
+    def _new_mix(self) -> MixTrack:
+        if self.listener is None:
+            return MixTrack()
+        return MixTrack(encoded=True, on_silence=self.listener.heard_silence)
+
+    def _deliver(self, packet: bytes) -> None:
+        self.mix.push_encoded(packet)
 
     @property
     def port(self) -> int:
@@ -274,6 +321,8 @@ class AudioLeg:
         """Send one 20 ms L16 frame to the worker."""
         if self._transport is None or self.worker is None:
             return
+        if self.listener is not None:
+            self.listener.uplink(payload)
         packet = l16_packet(self._seq, self._timestamp, self._ssrc, payload, self._marker)
         self._marker = False
         self._seq = (self._seq + 1) & 0xFFFF
@@ -291,7 +340,10 @@ class AudioLeg:
             self.counters.malformed += 1
             return
         self.counters.received += 1
-        self.mix.push(payload)
+        if self.encoder is not None and self.listener is not None:
+            self.encoder.submit(self.listener, payload)
+        else:
+            self.mix.push(payload)
 
     def stats(self) -> dict[str, int]:
         c = self.counters
@@ -312,6 +364,8 @@ class AudioLeg:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._uplink
             self._uplink = None
+        if self.encoder is not None and self.listener is not None:
+            self.encoder.remove(self.listener)
         self.mix.stop()
         if self._transport is not None:
             self._transport.close()

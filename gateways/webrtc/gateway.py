@@ -37,6 +37,7 @@ from bridge.gatewaylink import LinkError
 
 from .audio import L16_PAYLOAD_TYPE, L16_RATE, AudioLeg, shorten_receive_buffer
 from .ice import rtc_configuration
+from .mixencode import MixEncoder
 from .video import (
     FORWARDABLE,
     EncodedTrack,
@@ -88,6 +89,8 @@ class Settings:
     video_bus: Path | None = None
     #: Where the loopback legs towards the media worker are bound.
     leg_host: str = "127.0.0.1"
+    #: One Opus encode per distinct mix and tick, shared by its listeners (:mod:`.mixencode`).
+    shared_encode: bool = True
 
     @classmethod
     def from_config(cls, config: Config) -> Settings:
@@ -101,6 +104,7 @@ class Settings:
             max_subscribers=section.max_subscribers,
             max_sessions=section.max_sessions,
             video_bus=config.gateways.runtime_dir / "video.sock",
+            shared_encode=section.shared_encode,
         )
 
 
@@ -166,6 +170,7 @@ class WebRtcGateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stats_task: asyncio.Task[None] | None = None
         self.refused: dict[str, int] = {}
+        self.encoder = MixEncoder() if settings.shared_encode else None
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -272,7 +277,7 @@ class WebRtcGateway:
                 await kept.publish.close()
             kept.publish = None
         else:
-            leg = AudioLeg(self.settings.leg_host)
+            leg = AudioLeg(self.settings.leg_host, self.encoder)
             state = Session(user, session, room_id, room_name, pc, leg)
         self.sessions[state.key] = state
         try:
@@ -599,6 +604,7 @@ class WebRtcGateway:
             "sessions": [s.stats() for s in self.sessions.values()],
             "sources": [s.stats() for s in self.sources.values()],
             "refused": dict(self.refused),
+            "audio_encode": self.encoder.stats() if self.encoder is not None else None,
         }
 
     # ------------------------------------------------------------ endings

@@ -28,6 +28,7 @@ from bridge.gatewaylink import LinkError
 from bridge.gateways.webrtc import ice
 from bridge.gateways.webrtc.audio import FRAME_BYTES, L16_RATE, l16_packet, l16_payload
 from bridge.gateways.webrtc.gateway import UNSUPPORTED_CODECS, Settings, WebRtcGateway
+from bridge.gateways.webrtc.mixencode import SILENCE_PACKET, Listener, MixEncoder
 from bridge.gateways.webrtc.video import EncodedTrack, VideoSource, VideoUnit, is_keyframe
 
 TONE_TO_WORKER = 440.0
@@ -96,6 +97,7 @@ class FakeWorker(asyncio.DatagramProtocol):
         self.frames: list[bytes] = []
         self.transport: asyncio.DatagramTransport | None = None
         self.peer: tuple[str, int] | None = None
+        self.peers: list[tuple[str, int]] = []
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -111,6 +113,20 @@ class FakeWorker(asyncio.DatagramProtocol):
             if self.transport is not None and self.peer is not None:
                 self.transport.sendto(l16_packet(i, i * samples, 1234, pcm, i == 0), self.peer)
             await asyncio.sleep(0.02)
+
+    async def send_mix(self, seconds: float, freq: float) -> int:
+        """The same mix to every leg each tick, as the worker sends a shared row; a tone
+        whose frames all differ (not a multiple of 50 Hz). Returns the ticks sent."""
+        samples = L16_RATE // 50
+        ticks = int(seconds * 50)
+        for i in range(ticks):
+            t = (np.arange(samples) + i * samples) / L16_RATE
+            pcm = (8000 * np.sin(2 * np.pi * freq * t)).astype(">i2").tobytes()
+            assert self.transport is not None
+            for peer in self.peers:
+                self.transport.sendto(l16_packet(i, i * samples, 1234, pcm, i == 0), peer)
+            await asyncio.sleep(0.02)
+        return ticks
 
     def heard(self) -> np.ndarray[Any, Any]:
         return np.frombuffer(b"".join(self.frames), dtype=">i2").astype(np.int16)
@@ -139,6 +155,7 @@ class FakeLink:
             self.joined[pid] = participant
             remote = participant["remote"]
             self.worker.peer = (remote["ip"], remote["port"])
+            self.worker.peers.append(self.worker.peer)
             return {
                 "participant": participant,
                 "media": {
@@ -462,3 +479,150 @@ def test_l16_payload_errors() -> None:
         l16_payload(bytes(bad_pt))
     header = struct.unpack("!BBHII", good[:12])
     assert header[0] == 0x80 and header[1] & 0x80
+
+
+# ---------------------------------------------------------------- shared Opus encode
+SHARED_TONE = 1010.0  # Hz: not a multiple of 50, so no two 20 ms frames are equal
+
+
+@pytest.mark.parametrize("shared", [True, False])
+async def test_legs_that_hear_the_same_mix_share_one_encode_per_tick(
+    loopback_only: None, shared: bool
+) -> None:
+    """Three browsers hear the worker's shared row: one Opus encode per tick, not three
+    (with ``shared_encode`` off aiortc encodes per leg), and each decodes the tone."""
+    loop = asyncio.get_running_loop()
+    worker = FakeWorker()
+    transport, _ = await loop.create_datagram_endpoint(lambda: worker, local_addr=("127.0.0.1", 0))
+    link = FakeLink(transport.get_extra_info("sockname")[1], worker)
+    gateway = WebRtcGateway(link, Settings(shared_encode=shared))
+    clients = [RTCPeerConnection() for _ in range(3)]
+    tracks: list[list[MediaStreamTrack]] = [[] for _ in clients]
+    try:
+        for i, client in enumerate(clients):
+            client.addTransceiver("audio", direction="recvonly")
+            client.on("track", tracks[i].append)
+            await connect(gateway, client, f"s{i}", user=f"user{i}")
+        await wait_for(lambda: all(tracks))
+        sending = asyncio.ensure_future(worker.send_mix(2.0, SHARED_TONE))
+        recorded = await asyncio.gather(*(record(t[0], 1.5) for t in tracks))
+        ticks = await sending
+        await asyncio.sleep(0.1)  # the last frames are delivered
+        for pcm in recorded:
+            assert band_share(pcm[-48000 // 2 :], SHARED_TONE, 48000) > 0.8
+        stats = (await gateway.stats())["audio_encode"]
+        if not shared:
+            assert stats is None
+            return
+        assert gateway.encoder is not None
+        assert stats["streams_created"] == 1
+        assert stats["switches"] == 0
+        assert ticks - 5 <= stats["encodes"] <= ticks
+        assert stats["frames"] >= 3 * (ticks - 5)
+    finally:
+        for client in clients:
+            await client.close()
+        await gateway.close()
+        transport.close()
+
+
+def test_silence_packet_decodes_to_silence() -> None:
+    decoder = av.CodecContext.create("libopus", "r")
+    decoder.sample_rate, decoder.layout, decoder.format = 48000, "stereo", "s16"
+    for _ in range(3):
+        frames = decoder.decode(av.Packet(SILENCE_PACKET))
+        assert sum(f.samples for f in frames) == 960
+        assert all(not f.to_ndarray().any() for f in frames)
+
+
+class Client:
+    """What one leg's browser decodes from the packets the encoder hands its leg."""
+
+    def __init__(self, encoder: MixEncoder) -> None:
+        self.packets: list[bytes] = []
+        self.listener: Listener = encoder.add(self.packets.append)
+        self._decoder = av.CodecContext.create("libopus", "r")
+        self._decoder.sample_rate, self._decoder.layout, self._decoder.format = (
+            48000,
+            "mono",
+            "s16",
+        )
+        self._decoded = 0
+
+    def decoded(self) -> np.ndarray[Any, Any]:
+        """All packets not decoded yet, decoded (48 kHz mono)."""
+        out = []
+        for data in self.packets[self._decoded :]:
+            out += [f.to_ndarray().reshape(-1) for f in self._decoder.decode(av.Packet(data))]
+        self._decoded = len(self.packets)
+        return np.concatenate(out)
+
+
+def tone_frame(freq: float, tick: int) -> bytes:
+    t = (np.arange(320) + tick * 320) / L16_RATE
+    return (8000 * np.sin(2 * np.pi * freq * t)).astype(">i2").tobytes()
+
+
+async def test_a_talker_gets_its_own_encode_and_returns_only_at_a_burst_boundary() -> None:
+    encoder = MixEncoder()
+    talker, *listeners = clients = [Client(encoder) for _ in range(4)]
+    loud = tone_frame(300.0, 0)
+    quiet = bytes(FRAME_BYTES)
+    tick = 0
+
+    def run(ticks: int, talker_hears: float | None, talker_says: bytes) -> None:
+        nonlocal tick
+        for _ in range(ticks):
+            room = tone_frame(SHARED_TONE, tick)
+            talker.listener.uplink(talker_says)
+            # The talker's frame first: the order of arrival does not decide who keeps
+            # the shared encoder.
+            encoder.submit(
+                talker.listener, room if talker_hears is None else tone_frame(talker_hears, tick)
+            )
+            for client in listeners:
+                encoder.submit(client.listener, room)
+            encoder.flush()
+            tick += 1
+
+    # All four listen: one encoder, one encode per tick.
+    run(20, None, quiet)
+    shared = talker.listener.stream
+    assert shared is not None and all(c.listener.stream is shared for c in clients)
+    assert encoder.encodes == 20
+    # The talker talks and the worker gives it its own N-1 mix: its own encoder at once;
+    # the listeners keep theirs.
+    run(40, 700.0, loud)
+    own = talker.listener.stream
+    assert own is not None and own is not shared
+    assert all(c.listener.stream is shared for c in listeners)
+    assert encoder.encodes == 20 + 2 * 40
+    # Mid-burst its mix equals the room mix again (a pause in the N-1, a displaced
+    # talker): it stays on its own encoder while its own uplink is talking.
+    run(10, None, loud)
+    assert talker.listener.stream is own
+    assert encoder.encodes == 20 + 2 * 40 + 2 * 10
+    # Its burst ends (the talker detection's hang time runs out): back on the shared one.
+    run(20, None, quiet)
+    assert talker.listener.stream is shared
+    assert encoder.switches == 2
+    # Room silence: no encode at all, every leg gets the silence packet.
+    before = encoder.encodes
+    for client in clients:
+        encoder.submit(client.listener, quiet)
+    encoder.flush()
+    assert encoder.encodes == before
+    assert all(c.packets[-1] == SILENCE_PACKET and c.listener.stream is None for c in clients)
+
+    for i, client in enumerate(clients):
+        pcm = client.decoded()
+        assert len(pcm) == 960 * (tick + 1)
+        heard = pcm[: 960 * tick]
+        # Each listener decodes the room tone all along; the talker its N-1 mix while
+        # it talked, then the room tone again.
+        assert band_share(heard[960 : 960 * 20], SHARED_TONE, 48000) > 0.8
+        if i == 0:
+            assert band_share(heard[960 * 22 : 960 * 60], 700.0, 48000) > 0.8
+        else:
+            assert band_share(heard[960 * 20 : 960 * 60], SHARED_TONE, 48000) > 0.8
+        assert band_share(heard[960 * 72 :], SHARED_TONE, 48000) > 0.8
