@@ -512,6 +512,11 @@ class Control:
         room = await self.get_room(room_name)
         if participant_id not in room.participants:
             raise NotFoundError(f"unknown participant: {participant_id}")
+        remote = room.participants[participant_id].remote
+        if remote is not None:
+            key = (room.worker, remote.ip, remote.port)
+            if self._rtp_remotes.get(key) == (room.id, participant_id):
+                del self._rtp_remotes[key]
         await self.store.delete_participant(room.id, participant_id)
         await self._running_command(room.worker, "leave", participant=participant_id)
         self.publish({"event": "left", "room": room.id, "participant": participant_id})
