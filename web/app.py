@@ -48,7 +48,7 @@ LINK_ERROR_STATUS = {
     "Conflict": 409,
     "Invalid": 400,
     "Forbidden": 403,
-    "Busy": 409,
+    "Busy": 503,  # a limit reached: calls, room size, publishers
     "Unavailable": 503,
     "Error": 502,
 }

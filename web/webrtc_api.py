@@ -35,21 +35,11 @@ from pydantic import Field
 from bridge.audit import Outcome
 from bridge.gatewaylink import LinkError
 
-from .app import IDENTITY, json_error
+from .app import IDENTITY, LINK_ERROR_STATUS, json_error
 from .auth import Identity, Role
 from .sio import _ROLE_PRIORITY, ActionError, FloorPriority, Signalling, _Schema, _validate
 
 GATEWAY = "webrtc"
-#: HTTP-style status for each LinkError kind (bridge.gatewaylink.ERROR_KINDS).
-STATUS = {
-    "NotFound": 404,
-    "Conflict": 409,
-    "Invalid": 400,
-    "Forbidden": 403,
-    "Busy": 503,
-    "Unavailable": 503,
-    "Error": 500,
-}
 MAX_SDP_CHARS = 64 * 1024
 
 
@@ -99,7 +89,7 @@ class WebRtcSignalling:
         except ActionError as exc:
             answer = {"ok": False, "status": exc.status, "error": str(exc)}
         except LinkError as exc:
-            answer = {"ok": False, "status": STATUS.get(exc.kind, 500), "error": str(exc)}
+            answer = {"ok": False, "status": LINK_ERROR_STATUS[exc.kind], "error": str(exc)}
         else:
             answer = {"ok": True, **(result or {})}
         if audited:
@@ -145,7 +135,7 @@ class WebRtcSignalling:
         try:
             stats = await self.hub.control.gateways.request(GATEWAY, "stats")
         except LinkError as exc:
-            return json_error(STATUS.get(exc.kind, 500), str(exc))
+            return json_error(LINK_ERROR_STATUS[exc.kind], str(exc))
         return web.json_response(stats)
 
 
