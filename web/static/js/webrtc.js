@@ -15,6 +15,9 @@
 //   the room and keeps a floor it holds. Closing the old one first would end its leg.
 
 const RECONNECT_CHECK_MS = 250;
+// A failed negotiation is tried again after 1 s, then 2, 4, ... up to 30 s.
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30000;
 const STORE_SESSION = "ucb_webrtc_session";
 const MEDIA_CONSTRAINTS = {
   audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false },
@@ -185,6 +188,7 @@ export class WebRtcMedia {
     }
     this.lastAnswer = { ...answer, sdp: undefined };
     this.error = null;
+    this.failures = 0;
     await pc.setRemoteDescription({ type: "answer", sdp: answer.sdp });
     answered = true;
     for (const payload of early) this.emit("webrtc_candidate", payload);
@@ -192,6 +196,8 @@ export class WebRtcMedia {
 
   _fail(message) {
     this.error = message;
+    this.failedAt = Date.now();
+    this.failures = (this.failures || 0) + 1;
     this.state = "failed";
     this.onMessage(`WebRTC: ${message}`);
   }
@@ -262,7 +268,15 @@ export class WebRtcMedia {
 
   _check() {
     const pc = this.pc;
-    if (!pc || !this.room || this._negotiating) return;
+    if (!this.room || this._negotiating) return;
+    // A negotiation that failed (no answer from a busy gateway, a camera that would not
+    // start) is tried again after a pause, as a lost connection is.
+    const pause = Math.min(RETRY_MAX_MS, RETRY_FIRST_MS * 2 ** ((this.failures || 1) - 1));
+    if (this.state === "failed" && Date.now() - this.failedAt >= pause) {
+      this._reconnect(`retry after: ${this.error}`);
+      return;
+    }
+    if (!pc) return;
     if (pc.signalingState === "closed" || ["failed", "closed"].includes(pc.connectionState)) {
       this._reconnect(`peer connection ${pc.connectionState}`);
     }
