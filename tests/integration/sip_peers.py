@@ -141,12 +141,15 @@ class Baresip:
 
     def start(self, seconds: int = 30, dial: str | None = None) -> None:
         args = ["baresip", "-f", str(self.dir), "-t", str(seconds)]
-        if dial:
-            args += ["-e", f"/dial {dial}"]
         self._log = self.log.open("wb")
         self.process = subprocess.Popen(
             args, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT
         )
+        if dial:
+            # Dial once it is ready, through its console: a `-e /dial` given at start
+            # could run before its user agent was up, and the call then never left it.
+            self.wait_ready()
+            self.command(f"/dial {dial}")
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         """Until baresip says it is ready (its SIP port is bound)."""
