@@ -14,12 +14,13 @@ import http.client
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -416,6 +417,31 @@ def other_cores(before: CpuSnapshot, after: CpuSnapshot, wall_s: float) -> float
         after.busy_jiffies - before.busy_jiffies, after.total_jiffies - before.total_jiffies
     )
     return max(0.0, host - (after.known_cpu_s - before.known_cpu_s) / wall_s)
+
+
+def reproduce_command(
+    script: str,
+    argv: Sequence[str],
+    output_options: frozenset[str],
+    output_flags: frozenset[str],
+    python: str = ".venv/bin/python",
+) -> str:
+    """The command line that measures the same as ``argv``, without the options (with their
+    values) and flags that only name where figures go."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in output_options:
+            skip = "=" not in arg
+            continue
+        if name in output_flags:
+            continue
+        kept.append(arg)
+    return shlex.join([python, script, *kept])
 
 
 def write_section(path: Path, text: str, start_mark: str, end_mark: str) -> None:

@@ -40,7 +40,6 @@ import multiprocessing.connection
 import os
 import resource
 import select
-import shlex
 import signal
 import socket
 import statistics
@@ -67,6 +66,7 @@ from bench_common import (
     free_port,
     other_cores,
     port_of,
+    reproduce_command,
     reserve_udp_ports,
     wait_for_quiet,
     write_section,
@@ -129,7 +129,6 @@ MARK_START: Final = "<!-- bench_floor:start -->"
 MARK_END: Final = "<!-- bench_floor:end -->"
 DEFAULT_OUTPUT: Final = Path(__file__).resolve().parents[2] / "BENCHMARKS.md"
 SCRIPT: Final = "tests/perf/bench_floor.py"
-PYTHON: Final = ".venv/bin/python"
 OUTPUT_OPTIONS: Final = frozenset({"--output", "--quiet-wait"})
 OUTPUT_FLAGS: Final = frozenset({"--no-write"})
 
@@ -809,23 +808,6 @@ def section(rows: Sequence[Row], machine: Machine, command: str) -> str:
     return "\n".join(parts) + "\n"
 
 
-def reproduce_command(argv: Sequence[str]) -> str:
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in OUTPUT_OPTIONS:
-            skip = "=" not in arg
-            continue
-        if name in OUTPUT_FLAGS:
-            continue
-        kept.append(arg)
-    return shlex.join([PYTHON, SCRIPT, *kept])
-
-
 def _legs(text: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
@@ -884,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception as exc:  # keep the other rows
             traceback.print_exc()
             rows.append(Row(legs, args.talkgroups, args.rate, note=str(exc)))
-    text = section(rows, machine, reproduce_command(argv))
+    text = section(rows, machine, reproduce_command(SCRIPT, argv, OUTPUT_OPTIONS, OUTPUT_FLAGS))
     print(text)
     if not args.no_write:
         write_section(args.output, text, MARK_START, MARK_END)

@@ -43,7 +43,6 @@ import dataclasses
 import functools
 import json
 import math
-import shlex
 import signal
 import statistics
 import sys
@@ -68,6 +67,7 @@ from bench_common import (
     port_of,
     process_cpu_s,
     process_rss,
+    reproduce_command,
     reserve_udp_ports,
     wait_for_quiet,
     write_section,
@@ -129,7 +129,6 @@ SCRIPT: Final = "tests/perf/bench_mixing.py"
 #: Options that choose where results go, left out of the reproduce command.
 OUTPUT_OPTIONS: Final = frozenset({"--output", "--json"})
 OUTPUT_FLAGS: Final = frozenset({"--no-write"})
-PYTHON: Final = ".venv/bin/python"
 
 _MS_PER_S: Final = 1000.0
 _KIB: Final = 1024.0
@@ -946,27 +945,11 @@ def run(
                 break
 
 
-def reproduce_command(argv: Sequence[str]) -> str:
-    """The command line that measures the same, without the options that only name outputs."""
-    kept: list[str] = []
-    skip = False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in OUTPUT_OPTIONS:
-            skip = "=" not in arg
-            continue
-        if name in OUTPUT_FLAGS:
-            continue
-        kept.append(arg)
-    return " ".join([PYTHON, SCRIPT, *map(shlex.quote, kept)])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    command = reproduce_command(sys.argv[1:] if argv is None else argv)
+    command = reproduce_command(
+        SCRIPT, sys.argv[1:] if argv is None else argv, OUTPUT_OPTIONS, OUTPUT_FLAGS
+    )
     machine = Machine.probe()
     started = time.monotonic()
 
