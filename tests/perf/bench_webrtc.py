@@ -53,6 +53,7 @@ import multiprocessing.connection
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -511,7 +512,9 @@ def run_breakdown(seconds: float) -> list[Breakdown]:
 
 
 # ------------------------------------------------------------------- one row
-def run_video_row(viewers: int, seconds: float) -> VideoRow:
+@contextlib.contextmanager
+def _webrtc_server() -> Iterator[tuple[UcbridgeServer, dict[str, Any]]]:
+    """A bridge with the WebRTC gateway running and the open room made; its /health."""
     with tempfile.TemporaryDirectory() as tmp:
         server = UcbridgeServer(
             Path(tmp),
@@ -522,122 +525,118 @@ def run_video_row(viewers: int, seconds: float) -> VideoRow:
             health = server.wait_health(
                 lambda h: all(g["state"] == "running" for g in h.get("gateways", [])), 30.0
             )
-            gateway_pid = next(g["pid"] for g in health["gateways"] if g["name"] == "webrtc")
             server.api.ok("POST", "/api/rooms", {"name": ROOM, "mode": "open"})
-            tokens = [
-                server.authority.issue(f"video-{i}", _dispatcher()) for i in range(viewers + 1)
-            ]
-            ours, theirs = multiprocessing.Pipe(duplex=False)
-            load = multiprocessing.get_context("spawn").Process(
-                target=_video_clients,
-                args=(f"http://127.0.0.1:{server.port}", tokens, seconds, theirs),
-            )
-            load.start()
-            marks: dict[str, tuple[float, float]] = {}
-            stats: dict[str, Any] = {"sources": []}
-            try:
-                result: dict[str, Any] = {}
-                while "source" not in result:
-                    if not ours.poll(CONNECT_TIMEOUT_S + seconds + 60):
-                        raise RuntimeError("the load process did not report")
-                    result = ours.recv()
-                    if "error" in result:
-                        raise RuntimeError(f"load process failed: {result['error']}")
-                    if "phase" in result:
-                        marks[result["phase"]] = (time.monotonic(), process_cpu_s(gateway_pid))
-                    if result.get("phase") == "done":
-                        stats = server.api.ok("GET", "/api/webrtc/stats")
-            finally:
-                load.join(10)
-                if load.is_alive():
-                    load.kill()
-                    load.join()
-            counters = {s["source"]: s for s in stats["sources"]}.get(result["source"], {})
-
-            def rate(first: str, last: str) -> float:
-                (t0, c0), (t1, c1) = marks[first], marks[last]
-                return (c1 - c0) * 1000 / (t1 - t0)
-
-            audio_only = rate("audio", "renegotiating")
-            with_video = rate("video", "done")
-            return VideoRow(
-                viewers=viewers,
-                seconds=seconds,
-                audio_only_ms_per_s=audio_only,
-                with_video_ms_per_s=with_video,
-                ms_per_stream_s=(with_video - audio_only) / viewers,
-                frames_per_viewer_s=result["frames_per_viewer_s"],
-                forwarded=int(counters.get("forwarded", 0)),
-                transcoded=int(counters.get("transcoded", 0)),
-                load_cores=result["load_cores"],
-            )
+            yield server, health
         finally:
             server.stop()
+
+
+def _gateway_pid(health: dict[str, Any]) -> int:
+    return int(next(g["pid"] for g in health["gateways"] if g["name"] == "webrtc"))
+
+
+def _finish(load: multiprocessing.process.BaseProcess) -> None:
+    load.join(10)
+    if load.is_alive():
+        load.kill()
+        load.join()
+
+
+def run_video_row(viewers: int, seconds: float) -> VideoRow:
+    with _webrtc_server() as (server, health):
+        gateway_pid = _gateway_pid(health)
+        tokens = [server.authority.issue(f"video-{i}", _dispatcher()) for i in range(viewers + 1)]
+        ours, theirs = multiprocessing.Pipe(duplex=False)
+        load = multiprocessing.get_context("spawn").Process(
+            target=_video_clients,
+            args=(f"http://127.0.0.1:{server.port}", tokens, seconds, theirs),
+        )
+        load.start()
+        marks: dict[str, tuple[float, float]] = {}
+        stats: dict[str, Any] = {"sources": []}
+        try:
+            result: dict[str, Any] = {}
+            while "source" not in result:
+                if not ours.poll(CONNECT_TIMEOUT_S + seconds + 60):
+                    raise RuntimeError("the load process did not report")
+                result = ours.recv()
+                if "error" in result:
+                    raise RuntimeError(f"load process failed: {result['error']}")
+                if "phase" in result:
+                    marks[result["phase"]] = (time.monotonic(), process_cpu_s(gateway_pid))
+                if result.get("phase") == "done":
+                    stats = server.api.ok("GET", "/api/webrtc/stats")
+        finally:
+            _finish(load)
+        counters = {s["source"]: s for s in stats["sources"]}.get(result["source"], {})
+
+        def rate(first: str, last: str) -> float:
+            (t0, c0), (t1, c1) = marks[first], marks[last]
+            return (c1 - c0) * 1000 / (t1 - t0)
+
+        audio_only = rate("audio", "renegotiating")
+        with_video = rate("video", "done")
+        return VideoRow(
+            viewers=viewers,
+            seconds=seconds,
+            audio_only_ms_per_s=audio_only,
+            with_video_ms_per_s=with_video,
+            ms_per_stream_s=(with_video - audio_only) / viewers,
+            frames_per_viewer_s=result["frames_per_viewer_s"],
+            forwarded=int(counters.get("forwarded", 0)),
+            transcoded=int(counters.get("transcoded", 0)),
+            load_cores=result["load_cores"],
+        )
 
 
 def run_row(legs: int, seconds: float, prefetch: int = 0) -> Row:
-    with tempfile.TemporaryDirectory() as tmp:
-        server = UcbridgeServer(
-            Path(tmp),
-            extra_toml=f'[gateways]\nruntime_dir = "{Path(tmp) / "run"}"\n' + GATEWAY_TOML,
+    with _webrtc_server() as (server, health):
+        gateway_pid = _gateway_pid(health)
+        worker_pid = health["workers"][0]["pid"]
+        tokens = [server.authority.issue(f"bench-{i}", _dispatcher()) for i in range(legs)]
+        ours, theirs = multiprocessing.Pipe(duplex=False)
+        load = multiprocessing.get_context("spawn").Process(
+            target=_clients,
+            args=(f"http://127.0.0.1:{server.port}", tokens, seconds, theirs, prefetch),
         )
-        server.start()
+        load.start()
         try:
-            health = server.wait_health(
-                lambda h: all(g["state"] == "running" for g in h.get("gateways", [])), 30.0
-            )
-            gateway_pid = next(g["pid"] for g in health["gateways"] if g["name"] == "webrtc")
-            worker_pid = health["workers"][0]["pid"]
-            server.api.ok("POST", "/api/rooms", {"name": ROOM, "mode": "open"})
-            tokens = [server.authority.issue(f"bench-{i}", _dispatcher()) for i in range(legs)]
-            ours, theirs = multiprocessing.Pipe(duplex=False)
-            load = multiprocessing.get_context("spawn").Process(
-                target=_clients,
-                args=(f"http://127.0.0.1:{server.port}", tokens, seconds, theirs, prefetch),
-            )
-            load.start()
-            try:
-                # CPU over the load process's measuring window only, not the handshakes.
-                if not ours.poll(CONNECT_TIMEOUT_S + 60):
-                    raise RuntimeError("the load process did not connect")
-                first = ours.recv()
-                if "error" in first:
-                    raise RuntimeError(f"load process failed: {first['error']}")
-                cpu_before = (process_cpu_s(gateway_pid), process_cpu_s(worker_pid))
-                ticks_before = _ticks(server)
-                t0 = time.monotonic()
-                if not ours.poll(seconds + 60):
-                    raise RuntimeError("the load process did not report")
-                result = ours.recv()
-                wall = time.monotonic() - t0
-                cpu_after = (process_cpu_s(gateway_pid), process_cpu_s(worker_pid))
-                ticks_after = _ticks(server)
-            finally:
-                load.join(10)
-                if load.is_alive():
-                    load.kill()
-                    load.join()
-            if "error" in result:
-                raise RuntimeError(f"load process failed: {result['error']}")
-            leg_s = legs * wall
-            latencies = sorted(result["latencies_ms"])
-            ticks = ticks_after[0] - ticks_before[0]
-            late = ticks_after[1] - ticks_before[1]
-            return Row(
-                legs=legs,
-                connected=result["connected"],
-                seconds=seconds,
-                gateway_ms_per_leg_s=(cpu_after[0] - cpu_before[0]) * 1000 / leg_s,
-                worker_ms_per_leg_s=(cpu_after[1] - cpu_before[1]) * 1000 / leg_s,
-                load_cores=result["load_cores"],
-                latency_p50_ms=_percentile(latencies, 50),
-                latency_p95_ms=_percentile(latencies, 95),
-                bursts=len(latencies),
-                on_time_pct=100.0 * (ticks - late) / ticks if ticks else None,
-                work_p99_ms=ticks_after[2],
-            )
+            # CPU over the load process's measuring window only, not the handshakes.
+            if not ours.poll(CONNECT_TIMEOUT_S + 60):
+                raise RuntimeError("the load process did not connect")
+            first = ours.recv()
+            if "error" in first:
+                raise RuntimeError(f"load process failed: {first['error']}")
+            cpu_before = (process_cpu_s(gateway_pid), process_cpu_s(worker_pid))
+            ticks_before = _ticks(server)
+            t0 = time.monotonic()
+            if not ours.poll(seconds + 60):
+                raise RuntimeError("the load process did not report")
+            result = ours.recv()
+            wall = time.monotonic() - t0
+            cpu_after = (process_cpu_s(gateway_pid), process_cpu_s(worker_pid))
+            ticks_after = _ticks(server)
         finally:
-            server.stop()
+            _finish(load)
+        if "error" in result:
+            raise RuntimeError(f"load process failed: {result['error']}")
+        leg_s = legs * wall
+        latencies = sorted(result["latencies_ms"])
+        ticks = ticks_after[0] - ticks_before[0]
+        late = ticks_after[1] - ticks_before[1]
+        return Row(
+            legs=legs,
+            connected=result["connected"],
+            seconds=seconds,
+            gateway_ms_per_leg_s=(cpu_after[0] - cpu_before[0]) * 1000 / leg_s,
+            worker_ms_per_leg_s=(cpu_after[1] - cpu_before[1]) * 1000 / leg_s,
+            load_cores=result["load_cores"],
+            latency_p50_ms=_percentile(latencies, 50),
+            latency_p95_ms=_percentile(latencies, 95),
+            bursts=len(latencies),
+            on_time_pct=100.0 * (ticks - late) / ticks if ticks else None,
+            work_p99_ms=ticks_after[2],
+        )
 
 
 def _dispatcher() -> Any:
