@@ -9,7 +9,7 @@ A python-socketio ``AsyncServer`` on the aiohttp app, with two namespaces:
     (``ptt_press``, ``ptt_release``, ``floor_revoke``, ``emergency_ack``, ...), each
     answered in its acknowledgement.
 ``/presence``
-    Unit positions, coalesced to :data:`PRESENCE_RATE_HZ` updates a second per console:
+    Unit positions, coalesced to ``console.presence_rate_hz`` updates a second per console:
     ``presence`` events carry a GeoJSON FeatureCollection (RFC 7946) of the units that
     moved, and ``removed`` unit ids. Each period's batch is serialised once and the same
     packet goes to every subscribed console.
@@ -66,8 +66,6 @@ ROOMS_NAMESPACE = "/rooms"
 PRESENCE_NAMESPACE = "/presence"
 #: The socket.io room every resumed console of ``/rooms`` is in.
 LIVE = "live"
-#: Per-console presence updates per second (the issue asks for 2-4 Hz).
-PRESENCE_RATE_HZ = 4.0
 #: The socket.io room of ``/presence`` consoles that subscribed.
 PRESENCE_SUBSCRIBERS = "subscribers"
 #: Fields of worker events that mean nothing outside the worker.
@@ -463,7 +461,9 @@ class PresenceNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     def __init__(self, hub: Signalling) -> None:
         super().__init__(PRESENCE_NAMESPACE)
         self.hub = hub
-        self.coalescer: Coalescer[dict[str, Any] | None] = Coalescer(PRESENCE_RATE_HZ)
+        self.coalescer: Coalescer[dict[str, Any] | None] = Coalescer(
+            hub.control.config.console.presence_rate_hz
+        )
         self.subscribers: set[str] = set()
         self.timer: asyncio.TimerHandle | None = None
 

@@ -15,11 +15,11 @@ from console_harness import ConsoleClient, comparable, console
 from server import SECRET, Server
 
 from bridge.audit import AuditLog
-from bridge.config import Config
+from bridge.config import DEFAULT_PRESENCE_RATE_HZ, Config
 from bridge.control import EVENT_HISTORY, Control
 from bridge.web.auth import Role, TokenAuthority
 from bridge.web.presence_api import PresenceFeed
-from bridge.web.sio import PRESENCE_RATE_HZ, ROOMS_NAMESPACE, Signalling
+from bridge.web.sio import ROOMS_NAMESPACE, Signalling
 
 _ports = itertools.count(31000, 2)
 
@@ -392,7 +392,7 @@ async def test_presence_reaches_each_console_coalesced(srv: Server) -> None:
         final = 48.0 + (reports - 1) * 1e-4
         await client.wait_for(lambda c: latest(c) == {"car-1": final, "car-2": final})
         batches = len(client.presence_batches)
-        allowed = int((elapsed + 1.0) * PRESENCE_RATE_HZ) + 1
+        allowed = int((elapsed + 1.0) * DEFAULT_PRESENCE_RATE_HZ) + 1
         assert batches <= allowed, f"{batches} batches for {2 * reports} reports in {elapsed:.2f} s"
         assert batches < 2 * reports
         assert all("epoch" in b and "time" in b for b in client.presence_batches)

@@ -43,6 +43,7 @@ from bench_common import (
 from bench_mixing import join_ucbridge
 from loadgen import start_load
 
+from bridge.config import DEFAULT_PRESENCE_RATE_HZ
 from bridge.web.auth import Role
 
 MARK_START = "<!-- bench_presence:start -->"
@@ -253,6 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def section(result: dict[str, Any], command: str) -> str:
     m: Machine = result["machine"]
+    rate = DEFAULT_PRESENCE_RATE_HZ
     fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
     return "\n".join(
         [
@@ -271,9 +273,10 @@ def section(result: dict[str, Any], command: str) -> str:
             f"{result['consoles']} socket.io "
             f"consoles (another process) for {result['seconds']:.0f} s, while the media worker "
             f"mixed {result['legs']} G.711 legs "
-            "from the batched load generator (a third process). Consoles are coalesced at 4 Hz "
-            "(one batch per period, serialised once and sent to every console), so a fix "
-            "waits up to 250 ms for the next batch by design. "
+            "from the batched load generator (a third process). Consoles are coalesced at "
+            f"{rate:g} Hz (`console.presence_rate_hz`; one batch per period, serialised once "
+            f"and sent to every console), so a fix waits up to {1000 / rate:.0f} ms for the "
+            "next batch by design. "
             "Admission control is off (`media.tick_budget = 1`) so that all legs join.",
             "",
             "| reports/s | consoles | deliveries | latency p50 ms | latency p99 ms | control CPU % "
