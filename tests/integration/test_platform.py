@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from server import SECRET, Server
 
+from bridge.config import DEFAULT_PRESENCE_RATE_HZ
 from bridge.web.app import LOGIN_ATTEMPTS_PER_MINUTE
 from bridge.web.auth import Role
 
@@ -73,6 +74,7 @@ def test_the_tile_url_and_audit_path_come_from_the_config(configured: Any) -> No
         "center_lat": 48.85,
         "center_lon": 2.35,
         "zoom": 12,
+        "presence_rate_hz": DEFAULT_PRESENCE_RATE_HZ,
     }
     server.ok("POST", "/api/rooms", {"name": "audited"})
     records = [json.loads(line) for line in audit.read_text().splitlines()]
