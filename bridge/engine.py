@@ -50,6 +50,9 @@ SILENCE_DBOV = -127.0
 IDLE_STATE_TICKS = 250
 #: Transit samples kept for the p50/p99 figures.
 TRANSIT_WINDOW = 16384
+#: Receive times of this many recent ticks are kept, to tell which tick took in a frame
+#: (the jitter buffer holds at most 200 ms; 1.28 s is ample).
+RECEIVE_HISTORY_TICKS = 64
 #: Samples of the widest 20 ms frame a leg decodes to (48 kHz).
 MAX_FRAME_SAMPLES = 960
 
@@ -251,10 +254,13 @@ class AudioEngine:
         self.audible: npt.NDArray[np.intp] = np.zeros(0, dtype=np.intp)
         self.times = TickTimes()
         # Transit of the frames mixed: kernel receive timestamp -> return of sendmmsg, and
-        # the jitter-buffer depth each frame was held for, over the last TRANSIT_WINDOW.
+        # how long each frame sat in the jitter buffer (from the tick that took it in to
+        # the tick that played it), over the last TRANSIT_WINDOW.
         self.transit_ns = np.zeros(TRANSIT_WINDOW, dtype=np.int64)
-        self.transit_depth_ns = np.zeros(TRANSIT_WINDOW, dtype=np.int64)
+        self.transit_held_ns = np.zeros(TRANSIT_WINDOW, dtype=np.int64)
         self.transit_count = 0
+        # Wall-clock return of each recent tick's receive, oldest first.
+        self._received_at = np.zeros(RECEIVE_HISTORY_TICKS, dtype=np.int64)
 
     # ------------------------------------------------------------------ rooms
     def add_room(
@@ -520,6 +526,8 @@ class AudioEngine:
         t0 = time.perf_counter_ns()
         batch = self.rtp.recv()
         t1 = time.perf_counter_ns()
+        self._received_at[:-1] = self._received_at[1:]
+        self._received_at[-1] = time.time_ns()
         times.receive = t1 - t0
         if batch.count:
             self._ingest(batch, times)
@@ -740,16 +748,24 @@ class AudioEngine:
 
     # ----------------------------------------------------------------- decode
     def _note_transit(self, sources: npt.NDArray[np.intp], arrival: npt.NDArray[np.int64]) -> None:
-        known = arrival > 0
-        transit = time.time_ns() - arrival[known]
-        depth = self.jitter.depth_ms(sources[known]).astype(np.int64) * 1_000_000
+        """Note the transit of this tick's mixed frames, and their time in the jitter buffer.
+
+        A frame was taken in by the first tick whose receive returned after the kernel's
+        timestamp of it; it sat in the jitter buffer from that receive to this tick's. The
+        wait in the socket for the next tick and this tick's work are not jitter buffer.
+        """
+        arrival = arrival[arrival > 0]
+        transit = time.time_ns() - arrival
+        received = self._received_at
+        taken_in = np.minimum(np.searchsorted(received, arrival), len(received) - 1)
+        held = received[-1] - received[taken_in]
         at = (self.transit_count + np.arange(len(transit))) % TRANSIT_WINDOW
         self.transit_ns[at] = transit
-        self.transit_depth_ns[at] = depth
+        self.transit_held_ns[at] = held
         self.transit_count += len(transit)
 
     def transit_summary(self) -> dict[str, float | None]:
-        """p50/p99 transit in ms, with and without the jitter buffer's depth."""
+        """p50/p99 transit in ms, with and without the frames' time in the jitter buffer."""
         n = min(self.transit_count, TRANSIT_WINDOW)
         if not n:
             return {
@@ -759,7 +775,7 @@ class AudioEngine:
                 "transit_excl_jb_p99_ms": None,
             }
         total = self.transit_ns[:n] / 1e6
-        excl = (self.transit_ns[:n] - self.transit_depth_ns[:n]) / 1e6
+        excl = (self.transit_ns[:n] - self.transit_held_ns[:n]) / 1e6
         return {
             "transit_p50_ms": float(np.percentile(total, 50)),
             "transit_p99_ms": float(np.percentile(total, 99)),
