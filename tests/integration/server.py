@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -40,6 +39,22 @@ def free_udp_pair_base() -> int:
         except OSError:
             continue
     raise RuntimeError("no free UDP port pair")
+
+
+#: How long a stopping server has to end its workers and gateways before SIGKILL.
+SERVER_STOP_S = 15.0
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM a process a test started, then SIGKILL it if it is still there after
+    ``timeout`` seconds; either way, wait for it."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 #: ``media.tick_budget`` of test servers: admission control never refuses a leg.
@@ -169,11 +184,6 @@ class Server:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, SERVER_STOP_S)
         self._log.close()
         self.process = None

@@ -7,7 +7,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from server import free_port
+from server import free_port, stop_process
 
 _INVITE_HEAD = """INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch];rport
@@ -318,11 +318,5 @@ class Sipp:
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
         self._log.close()

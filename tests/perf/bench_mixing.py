@@ -19,7 +19,7 @@ Each row warms up, then measures over a window of ``--seconds``:
 - tick work p99: the largest of the worker's 10 s sliding p99, read every few seconds once
   the whole sliding window lies after the first second of load;
 - transit (kernel receive timestamp of the frame mixed → return of ``sendmmsg``), with and
-  without the jitter buffer's depth: the median of the worker's p50 readings and the
+  without each frame's time in the jitter buffer: the median of the worker's p50 readings and the
   largest of its p99 readings over the window;
 - end-to-end latency (tone onset sent → tone onset heard), generator CPU and whether it fell
   behind: the generator's own report over its whole run (warm-up included);
@@ -689,7 +689,7 @@ def targets(rows: Sequence[Row], series_end: dict[bool, str]) -> list[str]:
         if negative:
             line += (
                 ". Caution: the worker's excl.-JB figures go below zero in "
-                f"{len(negative)} row(s), so the jitter-buffer depth it subtracts is "
+                f"{len(negative)} row(s), so the jitter-buffer time it subtracts is "
                 "overstated and this verdict rests on a figure that is wrong"
             )
         lines.append(line + ".")
@@ -795,7 +795,9 @@ def section(
         "- Transit (ucbridge only): kernel receive timestamp of a mixed frame → return of "
         "`sendmmsg`; the median of the worker's p50 readings and the largest of its p99 "
         "readings over the window (each covers its last 16,384 mixed frames). "
-        "*excl. JB* subtracts the jitter buffer's depth as the worker reports it.",
+        "*excl. JB* subtracts each frame's own time in the jitter buffer, from the tick "
+        "that took it in to the tick that mixed it; the wait in the socket for the next "
+        "tick and the tick's work stay in.",
         "- e2e: tone onset sent by a talker → tone onset heard by a sampled listener (one per "
         "room, at most 64), from the generator's kernel timestamps, over its whole run "
         "(warm-up included). For the floor, only room 0's listener hears its own room's tone.",
