@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from server import free_port, stop_process
+from server import stop_process
 
 RATE = 8000
 
@@ -24,12 +24,15 @@ RATE = 8000
 #: call comes, and a ``bind(port=0)`` meanwhile (the gateway's loopback legs, SIPp's
 #: sockets, any other program) must not take one. Other tests use 10000 up.
 PORT_BAND = (6000, 10000)
+#: baresip's own SIP, console and RTP ports: a band of their own, so that they never take
+#: one the gateway under test has planned for a call but not bound yet.
+PEER_PORT_BAND = (24000, 30000)
 
 
-def free_sip_ports(count: int) -> int:
-    """A base port with ``count`` consecutive free UDP ports (in :data:`PORT_BAND`, from
-    a random start so that tests running at once rarely meet)."""
-    first, last = PORT_BAND
+def free_sip_ports(count: int, band: tuple[int, int] = PORT_BAND) -> int:
+    """A base port with ``count`` consecutive free UDP ports (in ``band``, from a random
+    start so that tests running at once rarely meet)."""
+    first, last = band
     for _ in range(200):
         base = random.randrange(first, last - count)
         socks = []
@@ -45,6 +48,27 @@ def free_sip_ports(count: int) -> int:
             for s in socks:
                 s.close()
     raise RuntimeError("no free UDP port range")
+
+
+def free_udp_tcp_port() -> int:
+    """A port in :data:`PEER_PORT_BAND` free for both UDP and TCP: baresip listens on both
+    for SIP (and its console), and a port from ``bind(port=0)`` is in the kernel's
+    ephemeral range, where another program's outgoing TCP connection may take it meanwhile
+    (a clean-clone run met "tcp: sock_bind: Address already in use")."""
+    first, last = PEER_PORT_BAND
+    for _ in range(200):
+        port = random.randrange(first, last)
+        try:
+            with (
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
+                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
+            ):
+                udp.bind(("127.0.0.1", port))
+                tcp.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no port free for both UDP and TCP")
 
 
 def sip_toml(
@@ -113,9 +137,9 @@ class Baresip:
         self.dir = tmp / f"baresip-{name}"
         self.rec = self.dir / "rec"
         self.rec.mkdir(parents=True)
-        self.port = free_port(socket.SOCK_DGRAM)
-        self.cons_port = free_port(socket.SOCK_DGRAM)
-        rtp = free_sip_ports(12)
+        self.port = free_udp_tcp_port()
+        self.cons_port = free_udp_tcp_port()
+        rtp = free_sip_ports(12, PEER_PORT_BAND)
         tone = self.dir / "tone.wav"
         write_tone(tone, tone_hz, 60.0)
         (self.dir / "config").write_text(
