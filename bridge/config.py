@@ -7,6 +7,7 @@ habit of validating routing rules at start-up and failing closed).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -229,6 +230,19 @@ class SipGatewayConfig(_Section):
     ring_timeout_s: float = Field(default=60.0, gt=0)
     accounts: list[SipAccountConfig] = Field(default_factory=list)
     user_agent: str = "ucbridge"
+
+    @field_validator("listen_host")
+    @classmethod
+    def _one_address(cls, host: str) -> str:
+        # The front Record-Routes itself with this address (RFC 3261 §16.6 step 4) and
+        # tells its workers' packets by it: a wildcard is neither routable nor theirs.
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"must be one IP address of this host, not {host!r}") from None
+        if address.is_unspecified:
+            raise ValueError(f"must be one IP address of this host, not the wildcard {host}")
+        return host
 
     @model_validator(mode="after")
     def _workers(self) -> SipGatewayConfig:

@@ -35,8 +35,14 @@ logger = logging.getLogger("bridge.gateways.sip.calls")
 LEG_CODEC = "L16"
 LEG_PAYLOAD_TYPE = 96
 LEG_RATE = 16000
-#: How long a dial-out waits for a SIP worker to start.
-WORKER_WAIT_S = 15.0
+#: How long a dial-out waits for a SIP worker to start: less than the gateway link's
+#: request timeout (10 s), so that a dial the dispatcher was told failed is never placed.
+WORKER_WAIT_S = 8.0
+#: Where the calls' loopback legs are bound (``media.LoopbackLeg``): the media worker sends
+#: each call's mix there and takes the leg's packets from there, whatever ``listen_host``.
+LEG_HOST = "127.0.0.1"
+#: Seconds an ended call stays listed (``GET /calls``).
+ENDED_KEPT_S = 60.0
 #: Core events the gateway listens to.
 CORE_EVENTS = ["floor_granted", "floor_revoked", "left", "room_deleted"]
 #: SIP answers to a refused join, by the link error's kind.
@@ -248,7 +254,7 @@ class CallManager:
             "codec": LEG_CODEC,
             "clock_rate": LEG_RATE,
             "payload_type": LEG_PAYLOAD_TYPE,
-            "remote": {"ip": self.config.listen_host, "port": call.leg_port},
+            "remote": {"ip": LEG_HOST, "port": call.leg_port},
             "latch": False,
             "user_id": call.shown,
         }
@@ -312,8 +318,13 @@ class CallManager:
             self._spawn(self._safe("leave", room=call.room, participant=call.participant))
         if call.room:
             self._publish(call)
-        # Keep ended calls a little for GET /calls, then forget them.
-        asyncio.get_running_loop().call_later(60.0, self.calls.pop, call.id, None)
+        # Keep ended calls a little for GET /calls, then forget them (unless a new call
+        # has the id by then: a restarted worker numbers its calls from 1 again).
+        asyncio.get_running_loop().call_later(ENDED_KEPT_S, self._drop, call)
+
+    def _drop(self, call: SipCall) -> None:
+        if self.calls.get(call.id) is call:
+            del self.calls[call.id]
 
     def hangup_call(self, call: SipCall, code: int = 200, reason: str = "") -> None:
         call.ending = True
@@ -350,6 +361,9 @@ class CallManager:
     def _pin_digit(self, call: SipCall, digit: str) -> None:
         assert call.pin is not None
         if call.pin_failures >= self.config.pin_attempts:
+            return
+        if digit == "#" and not call.digits:
+            # The "#" the prompt asks for, after a PIN already judged at its last digit.
             return
         if digit != "#":
             call.digits += digit

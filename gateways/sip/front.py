@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, cast
 
 from .pool import WorkerPool
@@ -46,6 +47,19 @@ RETRY_AFTER_S = 5
 OUR_BRANCH = "z9hG4bKuc"
 
 
+@dataclass
+class Route:
+    """Where a dialog's requests go, and for how long."""
+
+    #: The worker that owns the dialog.
+    worker: int
+    #: Monotonic time after which the route is dropped; 0.0 while the dialog lives.
+    until: float = 0.0
+    #: A 2xx answered the initial INVITE: a later INVITE's failure is a failed re-INVITE,
+    #: which leaves the dialog as it was (RFC 3261 §14.1), not the end of the call.
+    established: bool = False
+
+
 class SipFront(asyncio.DatagramProtocol):
     def __init__(self, host: str, port: int, pool: WorkerPool, limiter: RateLimiter) -> None:
         self.host = host
@@ -53,11 +67,13 @@ class SipFront(asyncio.DatagramProtocol):
         self.pool = pool
         self.limiter = limiter
         self.transport: asyncio.DatagramTransport | None = None
-        #: SIP Call-ID -> (worker index, forget-after monotonic time or 0.0).
-        self.dialogs: OrderedDict[str, tuple[int, float]] = OrderedDict()
+        #: SIP Call-ID -> its route.
+        self.dialogs: OrderedDict[str, Route] = OrderedDict()
         self.counters: collections.Counter[str] = collections.Counter()
         #: INVITEs held unanswered while a worker starts: Call-ID -> forget-after time.
         self.held: OrderedDict[str, float] = OrderedDict()
+        #: Name resolutions under way for workers' requests (kept so that none is lost).
+        self.resolving: set[asyncio.Task[None]] = set()
 
     # -------------------------------------------------------------- transport
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,24 +103,24 @@ class SipFront(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------- dialogs
     def route_of(self, call_id: str) -> int | None:
-        entry = self.dialogs.get(call_id)
-        return entry[0] if entry is not None else None
+        route = self.dialogs.get(call_id)
+        return route.worker if route is not None else None
 
     def _remember(self, call_id: str, index: int) -> None:
-        self.dialogs[call_id] = (index, 0.0)
+        self.dialogs[call_id] = Route(index)
         self.dialogs.move_to_end(call_id)
         while len(self.dialogs) > MAX_DIALOGS:
             self.dialogs.popitem(last=False)
 
     def forget(self, call_id: str) -> None:
         """The dialog ended: keep its route a little for retransmissions, then drop it."""
-        entry = self.dialogs.get(call_id)
-        if entry is not None and entry[1] == 0.0:
-            self.dialogs[call_id] = (entry[0], time.monotonic() + LINGER_S)
+        route = self.dialogs.get(call_id)
+        if route is not None and route.until == 0.0:
+            route.until = time.monotonic() + LINGER_S
 
     def sweep(self) -> None:
         now = time.monotonic()
-        for key in [k for k, (_, until) in self.dialogs.items() if until and until < now]:
+        for key in [k for k, r in self.dialogs.items() if r.until and r.until < now]:
             del self.dialogs[key]
         for key in [k for k, until in self.held.items() if until < now]:
             del self.held[key]
@@ -132,6 +148,8 @@ class SipFront(asyncio.DatagramProtocol):
     def _request(self, message: SipMessage, addr: tuple[str, int]) -> None:
         worker = self.pool.worker_at(addr)
         vias = message.values("via")
+        if not vias:
+            raise ValueError("request without a Via")
         top = Via.parse(vias[0])
         incoming_branch = top.branch
         max_forwards = message.header("max-forwards")
@@ -157,6 +175,11 @@ class SipFront(asyncio.DatagramProtocol):
         method = message.method
         call_id = message.call_id
         index = self.route_of(call_id)
+        route = self.dialogs.get(call_id)
+        if method == "INVITE" and not message.to_tag() and route is not None and route.until:
+            # A new initial INVITE on the Call-ID of a call that failed (after a 422 or
+            # 488, RFC 3261 §8.1.3.5): the route lives again, with the same worker.
+            route.until, route.established = 0.0, False
         if method == "INVITE" and not message.to_tag() and index is None:
             # A held INVITE's retransmissions are the same request: charged once.
             if call_id not in self.held and not self.limiter.allow(addr[0]):
@@ -259,7 +282,11 @@ class SipFront(asyncio.DatagramProtocol):
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            asyncio.get_running_loop().create_task(self._resolve_and_send(message, host, port))
+            task = asyncio.get_running_loop().create_task(
+                self._resolve_and_send(message, host, port)
+            )
+            self.resolving.add(task)
+            task.add_done_callback(self.resolving.discard)
             return
         self._send(message, (host, port))
 
@@ -274,6 +301,8 @@ class SipFront(asyncio.DatagramProtocol):
     # ------------------------------------------------------------ responses
     def _response(self, message: SipMessage, addr: tuple[str, int]) -> None:
         vias = message.values("via")
+        if not vias:
+            raise ValueError("response without a Via")
         top = Via.parse(vias[0])
         if not top.branch.startswith(OUR_BRANCH) or len(vias) < 2:
             self.counters["stray_response"] += 1
@@ -283,18 +312,25 @@ class SipFront(asyncio.DatagramProtocol):
         status = message.status
         method = message.cseq_method
         if self.pool.worker_at(addr) is not None:
-            if method == "INVITE" and status >= 300:
+            route = self.dialogs.get(message.call_id)
+            if method == "INVITE" and 200 <= status < 300 and route is not None:
+                route.established = True
+            elif method == "INVITE" and status >= 300 and not (route and route.established):
+                # The initial INVITE failed: the call is over. A failed re-INVITE is not.
                 self.pool.release_reservation(message.call_id)
                 self.forget(message.call_id)
             elif method == "BYE" and status >= 200:
                 self.forget(message.call_id)
-        self.counters["responses"] += 1
+        # A response goes back to the address its request came from, which the request's
+        # Via holds as an IP address (the front added "received" where it was a name):
+        # a name here is not ours to look up for whoever sent this datagram.
         host, port = Via.parse(rest[0]).response_address()
         try:
             ipaddress.ip_address(host)
         except ValueError:
-            asyncio.get_running_loop().create_task(self._resolve_and_send(message, host, port))
+            self.counters["unroutable_response"] += 1
             return
+        self.counters["responses"] += 1
         self._send(message, (host, port))
 
     def stats(self) -> dict[str, Any]:

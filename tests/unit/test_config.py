@@ -33,6 +33,10 @@ def test_toml_overrides_defaults(tmp_path: Path) -> None:
         ({"server": {"port": 70000}}, "bad config key server.port: "),
         ({"media": {"room_rate": 11025}}, "bad config key media.room_rate: "),
         ({"console": {"presence_rate_hz": 0}}, "bad config key console.presence_rate_hz: "),
+        (
+            {"gateways": {"sip": {"listen_host": "0.0.0.0"}}},
+            "bad config key gateways.sip.listen_host: ",
+        ),
         ({"rooms": [{"name": "ok"}, {"name": "bad name!"}]}, "bad config key rooms[1].name: "),
         ({"server": {"tls_cert": "a.pem"}}, "tls_cert and tls_key must be given together"),
     ],

@@ -212,6 +212,34 @@ async def test_the_right_pin_joins_the_room() -> None:
     assert pool.commands("w0-1")[-1] == {"op": "play", "asset": "joined"}
 
 
+async def test_the_hash_after_a_wrong_pin_is_not_a_second_failure() -> None:
+    link, pool = FakeLink(), FakePool()
+    manager = CallManager(link, pool, sip_config(pins={"open": "42"}))  # type: ignore[arg-type]
+    incoming(manager, "open")
+    await settle()
+    for digit in "99#42#":  # a wrong PIN, its "#", the right PIN, its "#"
+        manager.on_worker_event(0, {"event": "dtmf", "call": "w0-1", "digit": digit})
+    await settle()
+    assert manager.calls["w0-1"].pin_failures == 1
+    assert len(link.ops("join")) == 1
+
+
+async def test_a_call_kept_after_its_end_does_not_drop_a_new_call_of_the_same_id() -> None:
+    link, pool = FakeLink(), FakePool()
+    manager = CallManager(link, pool, sip_config())  # type: ignore[arg-type]
+    incoming(manager, "open")
+    await settle()
+    old = manager.calls["w0-1"]
+    manager._end(old, 200, "Bye")
+    incoming(manager, "open")  # a restarted worker numbers its calls from 1 again
+    await settle()
+    new = manager.calls["w0-1"]
+    assert new is not old
+    manager._drop(old)
+    assert manager.calls["w0-1"] is new
+    await manager.stop()
+
+
 @pytest.mark.parametrize(
     ("floor", "tone"),
     [("granted", "floor_granted"), ("queued", "floor_queued"), ("denied", "floor_denied")],
@@ -481,6 +509,53 @@ def test_max_forwards_zero_is_answered_483_and_garbage_is_counted() -> None:
     sip.datagram_received(b"\x00\x01 not sip", PHONE)
     ((answer, _),) = transport.sent
     assert answer.status == 483 and sip.counters["malformed"] == 1
+
+
+def worker_answer(invite: SipMessage, status: int, reason: str) -> bytes:
+    """A worker's response to a request the front forwarded to it."""
+    lines = bytes(invite).decode().split("\r\n")
+    kept = [h for h in lines[1:] if h.lower().startswith(("via", "from", "to", "call-id", "cseq"))]
+    head = "\r\n".join([f"SIP/2.0 {status} {reason}", *kept])
+    return (head + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_a_failed_reinvite_keeps_the_dialog_and_a_failed_invite_ends_it() -> None:
+    sip, _, transport = front()
+    sip.datagram_received(request("INVITE", body=SDP), PHONE)
+    invite, worker = transport.sent[-1]
+    sip.datagram_received(worker_answer(invite, 200, "OK"), worker)
+    # A re-INVITE (in the dialog: it has a To tag) refused 491 by the worker.
+    reinvite = request("INVITE", body=SDP).replace(
+        b"To: <sip:open@127.0.0.1>", b"To: <sip:open@127.0.0.1>;tag=w"
+    )
+    sip.datagram_received(reinvite, PHONE)
+    sip.datagram_received(worker_answer(transport.sent[-1][0], 491, "Request Pending"), worker)
+    assert sip.dialogs["c1@x"].until == 0.0, "the call goes on"
+    # Another call whose initial INVITE fails: its route lingers, then goes.
+    sip.datagram_received(request("INVITE", call_id="c2@x", body=SDP), PHONE)
+    invite2, worker2 = transport.sent[-1]
+    sip.datagram_received(worker_answer(invite2, 488, "Not Acceptable Here"), worker2)
+    assert sip.dialogs["c2@x"].until > 0.0
+    # A new initial INVITE on that Call-ID (RFC 3261 §8.1.3.5) makes the route live again.
+    sip.datagram_received(request("INVITE", call_id="c2@x", body=SDP), PHONE)
+    assert transport.sent[-1][1] == worker2 and sip.dialogs["c2@x"].until == 0.0
+
+
+def test_no_via_is_counted_and_a_response_to_a_name_is_not_looked_up() -> None:
+    sip, _, transport = front()
+    no_via = b"\r\n".join(
+        line for line in request("OPTIONS").split(b"\r\n") if not line.startswith(b"Via")
+    )
+    sip.datagram_received(no_via, PHONE)
+    forged = (
+        f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch={OUR_BRANCH}x\r\n"
+        "Via: SIP/2.0/UDP victim.example.org:5060;branch=z9hG4bKv\r\n"
+        "From: <sip:a@x>;tag=a\r\nTo: <sip:b@x>;tag=b\r\nCall-ID: f@x\r\n"
+        "CSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    sip.datagram_received(forged, PHONE)
+    assert transport.sent == [] and not sip.resolving
+    assert sip.counters["malformed"] == 1 and sip.counters["unroutable_response"] == 1
 
 
 # ------------------------------------------------------------------ pool
