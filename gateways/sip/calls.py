@@ -21,6 +21,7 @@ import hmac
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -118,7 +119,9 @@ class CallManager:
         self.calls: dict[str, SipCall] = {}
         self._dial_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.forget_dialog: Any = None  # the front's forget(call_id), set by the process
+        #: The front's ``forget(call_id)`` and ``adopt(call_id, worker)``, set by the process.
+        self.forget_dialog: Callable[[str], None] | None = None
+        self.adopt_dialog: Callable[[str, int], None] | None = None
         self.registrations = Registrations(pool, config.accounts)
 
     # ------------------------------------------------------------ plumbing
@@ -282,8 +285,12 @@ class CallManager:
         state = event.get("state")
         call.code = int(event.get("code") or call.code)
         call.reason = str(event.get("reason") or call.reason)
-        if event.get("sip_call_id"):
+        if event.get("sip_call_id") and call.sip_call_id != event["sip_call_id"]:
             call.sip_call_id = str(event["sip_call_id"])
+            if call.direction == "out" and self.adopt_dialog is not None:
+                # The far end's BYE or re-INVITE may come through the front (RFC 3261
+                # §12.2.1.1: to our Contact, the front's for a registered account).
+                self.adopt_dialog(call.sip_call_id, call.worker)
         if state == "early" and call.direction == "out" and call.state != "ringing":
             call.state = "ringing"
             self._publish(call)

@@ -112,6 +112,13 @@ class SipFront(asyncio.DatagramProtocol):
         while len(self.dialogs) > MAX_DIALOGS:
             self.dialogs.popitem(last=False)
 
+    def adopt(self, call_id: str, index: int) -> None:
+        """A dialog a worker started itself (a dial-out): its in-dialog requests can come
+        here, since a registered account's Contact is the front's, so route them to it."""
+        if call_id not in self.dialogs:
+            self._remember(call_id, index)
+            self.dialogs[call_id].established = True
+
     def forget(self, call_id: str) -> None:
         """The dialog ended: keep its route a little for retransmissions, then drop it."""
         route = self.dialogs.get(call_id)

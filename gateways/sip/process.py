@@ -88,6 +88,7 @@ async def main(link: GatewayLink, config: Config) -> None:
     limiter = RateLimiter(sip.invite_rate, sip.invite_burst)
     front = SipFront(sip.listen_host, sip.listen_port, pool, limiter)
     manager.forget_dialog = front.forget
+    manager.adopt_dialog = front.adopt
     transport: asyncio.BaseTransport | None = None
     housekeeping: asyncio.Task[None] | None = None
     started = asyncio.Event()

@@ -296,6 +296,20 @@ async def test_a_dial_out_rings_is_answered_joins_and_ends() -> None:
     assert ended.value.kind == "Conflict"
 
 
+async def test_a_dial_outs_dialog_is_handed_to_the_front_for_the_far_ends_requests() -> None:
+    link, pool = FakeLink(), FakePool()
+    manager = CallManager(link, pool, sip_config())  # type: ignore[arg-type]
+    sip, _, transport = front()
+    manager.adopt_dialog = sip.adopt
+    call = await manager.dial("open", "sip:unit9@10.0.0.9", by="disp1")
+    event = {"event": "state", "call": call["id"], "state": "early", "sip_call_id": "out1@w"}
+    manager.on_worker_event(0, event)
+    # The far end hangs up through the front (the account's Contact): to the worker.
+    sip.datagram_received(request("BYE", call_id="out1@w"), PHONE)
+    assert transport.sent[-1][1] == ("127.0.0.1", 5070)
+    await manager.stop()
+
+
 @pytest.mark.parametrize(
     ("room", "uri", "account", "message", "kind"),
     [
