@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .config import SECRET_ENV
 from .gatewaylink import GatewayLink, Handler, LinkError
 from .gatewayprocess import LINK_FD_ENV
 from .model import Participant, ParticipantKind
@@ -162,7 +163,12 @@ class GatewayHost:
         gateway.process = subprocess.Popen(
             [sys.executable, "-P", "-m", "bridge.gatewayprocess", gateway.module],
             pass_fds=[theirs.fileno()],
-            env={**os.environ, LINK_FD_ENV: str(theirs.fileno())},
+            # Gateways never see the token-signing secret: not in their environment (where
+            # a camera's password_env could name it), not in their config (see hello).
+            env={
+                **{k: v for k, v in os.environ.items() if k != SECRET_ENV},
+                LINK_FD_ENV: str(theirs.fileno()),
+            },
         )
         theirs.close()
         task = asyncio.get_running_loop().create_task(self._run(gateway, ours))
@@ -174,7 +180,9 @@ class GatewayHost:
         gateway.link = link
 
         async def hello(module: str) -> dict[str, Any]:
-            return self.control.config.model_dump(mode="json")
+            config = self.control.config.model_dump(mode="json")
+            config["auth"]["secret"] = ""
+            return config
 
         async def ready() -> None:
             gateway.state = "running"

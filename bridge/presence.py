@@ -153,6 +153,9 @@ class GpsFix:
     def __post_init__(self) -> None:
         check_position(self.lat, self.lon)
         _check_finite(self.time, "fix time")
+        if self.time < 0:
+            # Before 1970: no clock says so, and times must convert to UTC (ISO 8601, CoT).
+            raise ValueError("fix time is before 1970")
         if self.altitude_m is not None:
             _check_finite(self.altitude_m, "altitude")
         _check_non_negative(self.accuracy_m, "accuracy")

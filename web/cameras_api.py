@@ -229,6 +229,10 @@ class CamerasApi:
             return json_error(400, "body is not JSON")
         if not isinstance(body, dict):
             return json_error(422, "body must be a JSON object")
+        if body.get("password_env"):
+            # It names a variable of the gateway's environment, whose value would go to
+            # whatever server the URL names: the config file's business, not a request's.
+            return json_error(422, "password_env may be set in the config file only")
         try:
             camera = await request.app[CONTROL].gateways.request(GATEWAY, "add_camera", camera=body)
         except LinkError as exc:

@@ -290,6 +290,10 @@ class PresenceApi:
         done = 0
         with contextlib.suppress(ConnectionResetError):
             while rounds is None or done < rounds:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    # The client went away; a round with nothing to write would not notice.
+                    break
                 started = time.monotonic()
                 chunk = b"".join(cot_stream(feed.registry.units(room=room)))
                 if chunk:

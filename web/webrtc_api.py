@@ -37,6 +37,7 @@ from bridge.gatewaylink import LinkError
 
 from .app import IDENTITY, LINK_ERROR_STATUS, json_error
 from .auth import Identity, Role
+from .cameras_api import UNIT_PREFIX
 from .sio import _ROLE_PRIORITY, ActionError, FloorPriority, Signalling, _Schema, _validate
 
 GATEWAY = "webrtc"
@@ -78,6 +79,14 @@ class WebRtcSignalling:
             request = _validate(schema, data)
             args = request.model_dump(exclude={"type", "usernameFragment"})
             if op == "offer":
+                cameras = [s for s in request.video_sources if s.startswith(UNIT_PREFIX)]
+                if cameras and not identity.has(Role.DISPATCHER, Role.OBSERVER):
+                    # As the REST camera routes: officers do not watch cameras.
+                    raise ActionError(
+                        403,
+                        f"role {identity.role} may not watch {cameras[0]} "
+                        f"(needs {Role.DISPATCHER}, {Role.OBSERVER})",
+                    )
                 args.update(
                     priority=int(_ROLE_PRIORITY.get(identity.role, FloorPriority.OFFICER)),
                     dispatcher=identity.has(Role.DISPATCHER),

@@ -204,6 +204,10 @@ def test_cameras_added_over_rest_are_on_the_map(camera_server: Server, rtsp: Rts
     assert (status, reply["error"]) == (409, "camera already exists: dock")
     status, reply = srv.request("POST", "/api/cameras", {**body, "name": "x", "heading": 400})
     assert status == 422 and reply["error"].startswith("bad camera key heading:")
+    # password_env names a variable of the gateway's environment: config file only.
+    stolen = {"name": "y", "url": rtsp.url(), "username": "u", "password_env": "HOME"}
+    status, reply = srv.request("POST", "/api/cameras", stolen)
+    assert (status, reply["error"]) == (422, "password_env may be set in the config file only")
 
     deadline = time.monotonic() + 10
     units: dict[str, Any] = {}

@@ -50,6 +50,7 @@ def test_fixes_show_up_as_geojson(srv: Server) -> None:
         ({"lat": 0, "lon": 0, "heading_deg": 360}, "heading is out of range"),
         ({"lat": 0, "lon": 0, "accuracy_m": -1}, "accuracy is negative"),
         ({"lat": 0, "lon": 0, "time": time.time() + 3600}, "fix time is in the future"),
+        ({"lat": 0, "lon": 0, "time": -1e20}, "fix time is before 1970"),
         ({"lat": 0}, "lon: Field required"),
         (
             {"lat": "north", "lon": 0},

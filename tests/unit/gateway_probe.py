@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any
 
-from bridge.config import Config
+from bridge.config import SECRET_ENV, Config
 from bridge.gatewaylink import GatewayLink
 
 
@@ -16,6 +16,9 @@ async def main(link: GatewayLink, config: Config) -> None:
 
     async def join(room: str) -> Any:
         return await link.request("join", room=room, participant={"kind": "sip", "name": "p"})
+
+    async def secrets() -> dict[str, str]:
+        return {"env": os.environ.get(SECRET_ENV, ""), "config": config.auth.secret}
 
     async def die(code: int) -> None:
         os._exit(code)
@@ -32,6 +35,7 @@ async def main(link: GatewayLink, config: Config) -> None:
     link.serve("echo", echo)
     link.serve("join_room", join)
     link.serve("die", die)
+    link.serve("secrets", secrets)
     link.on_event(seen)
     await link.request("subscribe", events=["probe"])
     await link.request("ready")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bridge.config import parse_config
+from bridge.config import SECRET_ENV, parse_config
 from bridge.control import NotFoundError
 from bridge.gatewayhost import GatewayHost
 from bridge.gatewaylink import LinkError
@@ -24,7 +24,11 @@ from bridge.model import Participant
 class StubControl:
     def __init__(self) -> None:
         self.config = parse_config(
-            {"media": {"room_rate": 48000}, "gateways": {"max_restart_backoff_s": 0.2}}
+            {
+                "media": {"room_rate": 48000},
+                "gateways": {"max_restart_backoff_s": 0.2},
+                "auth": {"secret": "from-the-config-file"},
+            }
         )
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._subscribers: list[Callable[[dict[str, Any]], None]] = []
@@ -56,6 +60,7 @@ class StubControl:
 @pytest.fixture
 async def host(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[GatewayHost, StubControl]]:
     monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    monkeypatch.setenv(SECRET_ENV, "from-the-environment")
     control = StubControl()
     gateways = GatewayHost(control, {"probe": "gateway_probe"})  # type: ignore[arg-type]
     await gateways.start()
@@ -74,6 +79,14 @@ async def test_gateway_gets_the_config_and_answers(
     assert gateways.health()[0]["state"] == "running"
     with pytest.raises(LinkError, match="the sip gateway is not enabled"):
         await gateways.request("sip", "dial")
+
+
+async def test_a_gateway_never_sees_the_token_signing_secret(
+    host: tuple[GatewayHost, StubControl],
+) -> None:
+    gateways, control = host
+    assert control.config.auth.secret == "from-the-config-file"
+    assert await gateways.request("probe", "secrets") == {"env": "", "config": ""}
 
 
 async def test_gateway_joins_through_the_core(host: tuple[GatewayHost, StubControl]) -> None:

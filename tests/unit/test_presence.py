@@ -108,6 +108,12 @@ def test_fix_time_in_the_future() -> None:
         fix(at=T0 + 1.0).validate(T0, skew=0.5)
 
 
+def test_fix_time_before_1970() -> None:
+    assert fix(at=0.0).time == 0.0
+    with pytest.raises(ValueError, match=exactly("fix time is before 1970")):
+        fix(at=-1e20)
+
+
 def test_iso_time_is_utc_with_z() -> None:
     assert iso_time(T0) == "2023-11-14T22:13:20.000Z"
     assert iso_time(T0 + 0.25) == "2023-11-14T22:13:20.250Z"
