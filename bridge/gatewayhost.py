@@ -209,7 +209,18 @@ class GatewayHost:
         await link.wait_closed()
         gateway.link = None
         process = gateway.process
-        code = await asyncio.to_thread(process.wait) if process is not None else None
+        code: int | None = None
+        if process is not None:
+            if not self._stopping:
+                gateway.state = "restarting"  # no link: it serves nothing from now on
+            try:
+                code = await asyncio.wait_for(asyncio.to_thread(process.wait), STOP_TIMEOUT_S)
+            except TimeoutError:
+                # Its link is gone but it lingers (a clean-up that hangs): it is replaced
+                # all the same, never left looking alive.
+                logger.error("gateway %s lost its link but did not exit; killing it", gateway.name)
+                process.kill()
+                code = await asyncio.to_thread(process.wait)
         if self._stopping:
             gateway.state = "stopped"
             return

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from typing import Any
 
 from bridge.config import SECRET_ENV, Config
 from bridge.gatewaylink import GatewayLink
+
+#: How long ``drop_link`` keeps the process from exiting (the host kills it long before).
+HANG_S = 300.0
 
 
 async def main(link: GatewayLink, config: Config) -> None:
@@ -19,6 +24,12 @@ async def main(link: GatewayLink, config: Config) -> None:
 
     async def secrets() -> dict[str, str]:
         return {"env": os.environ.get(SECRET_ENV, ""), "config": config.auth.secret}
+
+    async def drop_link() -> None:
+        # The link goes, the process stays: a gateway whose clean-up hangs (here a thread
+        # the interpreter waits for at exit).
+        threading.Thread(target=time.sleep, args=(HANG_S,)).start()
+        asyncio.get_running_loop().call_soon(link.close)
 
     async def die(code: int) -> None:
         os._exit(code)
@@ -36,6 +47,7 @@ async def main(link: GatewayLink, config: Config) -> None:
     link.serve("join_room", join)
     link.serve("die", die)
     link.serve("secrets", secrets)
+    link.serve("drop_link", drop_link)
     link.on_event(seen)
     await link.request("subscribe", events=["probe"])
     await link.request("ready")

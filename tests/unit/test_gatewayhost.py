@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -115,6 +116,18 @@ async def test_only_subscribed_events_are_forwarded(
     seen = await control.next_event("probe_seen")
     assert seen["of"] == {"event": "probe", "n": 1}
     assert control.events.empty()  # "other" was not echoed
+
+
+async def test_a_gateway_that_lost_its_link_but_lingers_is_killed_and_restarted(
+    host: tuple[GatewayHost, StubControl],
+) -> None:
+    gateways, control = host
+    first = gateways.gateways["probe"].pid
+    await gateways.request("probe", "drop_link")
+    died = await control.next_event("gateway_died")
+    assert died["exit"] == -signal.SIGKILL and died["pid"] == first
+    restarted = await control.next_event("gateway_restarted")
+    assert restarted["pid"] != first
 
 
 async def test_a_dead_gateway_is_restarted(host: tuple[GatewayHost, StubControl]) -> None:
