@@ -328,6 +328,10 @@ class CameraConfig(_Section):
 
     @model_validator(mode="after")
     def _position_pair(self) -> CameraConfig:
+        if "@" in self.url:
+            # rtsp://user:pa/ss@host/...: the host part ends at the first "/", so these
+            # credentials were not taken out, and would be shown with the URL.
+            raise ValueError("a camera URL's credentials must be percent-encoded")
         if (self.lat is None) != (self.lon is None):
             raise ValueError("lat and lon must be given together")
         return self

@@ -356,7 +356,10 @@ async def subscribe(path: Path, source: str) -> AsyncIterator[EncodedFrame]:
     reader, writer = await asyncio.open_unix_connection(str(path), limit=MAX_RECORD)
     try:
         writer.write(encode_record(RecordType.SUBSCRIBE, source.encode("utf-8")))
-        kind, payload = await read_record(reader)
+        try:
+            kind, payload = await read_record(reader)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return  # the bus went away before it answered (a gateway restarting)
         if kind == RecordType.REFUSED:
             raise LookupError(payload.decode("utf-8", "replace"))
         if kind != RecordType.ACCEPTED:

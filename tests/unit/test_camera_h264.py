@@ -75,6 +75,12 @@ def test_credentials_leave_the_url_and_are_redacted() -> None:
     )
 
 
+def test_credentials_with_a_bare_slash_are_refused_not_shown() -> None:
+    # urlsplit ends the host part at the "/": nothing would be taken out of the URL.
+    with pytest.raises(ValueError, match="credentials must be percent-encoded"):
+        CameraConfig(name="gate", url="rtsp://admin:pa/ss@10.0.0.1/stream")
+
+
 def test_password_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAM_GATE_PASSWORD", "from-env")
     config = CameraConfig(name="gate", url="rtsp://h/s", password_env="CAM_GATE_PASSWORD")

@@ -207,6 +207,19 @@ async def test_removed_source_ends_the_stream(bus: VideoBusServer) -> None:
     assert SOURCE not in bus.sources()
 
 
+async def test_a_bus_that_closes_before_answering_ends_the_stream(tmp_path: Path) -> None:
+    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    path = tmp_path / "closing.sock"
+    server = await asyncio.start_unix_server(hang_up, str(path))
+    try:
+        assert [frame async for frame in subscribe(path, "cam")] == []
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_a_bad_request_is_counted_and_closed(bus: VideoBusServer) -> None:
     reader, writer = await asyncio.open_unix_connection(str(bus.path))
     writer.write(videobus.encode_record(videobus.RecordType.FRAME, b"nonsense"))
