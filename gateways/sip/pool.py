@@ -4,6 +4,14 @@ One pjsua2 endpoint per process, and the pjsua2-python wheel carries at most 4 c
 endpoint (PJSUA_MAX_CALLS), so capacity comes from processes: the pool keeps
 ``spare_calls`` call slots started ahead of demand, up to ``max_workers``, and a call
 that finds no slot is refused with a clear 503, never dropped silently.
+
+A worker that exits on its own or fails to start (a bad account URI, a busy port) is
+restarted after a back-off of its own index's, doubling from :data:`BACKOFF_FIRST_S` to
+:data:`BACKOFF_MAX_S` and reset once a worker has stayed up :data:`BACKOFF_RESET_S`. An
+index that is backing off is not started, and a worker restarted after a failure is no
+promised capacity: while no worker can start, :meth:`WorkerPool.can_grow` is false and
+:meth:`WorkerPool.free_slots` counts nothing, so the front refuses INVITEs with a 503
+(RFC 3261 §21.5.4) instead of holding them for a worker that never comes.
 """
 
 from __future__ import annotations
@@ -36,10 +44,31 @@ STOP_TIMEOUT_S = 5.0
 #: (RFC 3261 timer B, 64 * T1).
 RESERVATION_TTL_S = 32.0
 
+#: A failed worker index waits this long before it is started again ...
+BACKOFF_FIRST_S = 0.5
+#: ... twice as long after each further failure, up to this ...
+BACKOFF_MAX_S = 30.0
+#: ... and starts from the first delay again once a worker of it stayed up this long.
+BACKOFF_RESET_S = 60.0
+
 #: What wakes a worker's SIP poll (see :meth:`WorkerPool._wake`).
 WAKE = b"\r\n\r\n"
 
 EventHandler = Callable[[int, dict[str, Any]], None]
+
+
+@dataclass
+class Backoff:
+    """The restart back-off of one worker index, after its worker failed."""
+
+    #: Failures since the index last had a worker that stayed up.
+    failures: int
+    #: The delay the last failure imposed (seconds).
+    delay: float
+    #: Monotonic time before which the index is not started.
+    until: float
+    #: Why its last worker failed.
+    reason: str
 
 
 @dataclass
@@ -55,6 +84,10 @@ class SipWorker:
     calls: set[str] = field(default_factory=set)
     reserved: dict[str, float] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    #: Monotonic time of its ``ready`` event (0.0: not ready yet).
+    ready_at: float = 0.0
+    #: Why it failed to start, as it said (an ``error`` event before ``ready``).
+    failure: str = ""
 
     @property
     def load(self) -> int:
@@ -83,6 +116,9 @@ class WorkerPool:
         self.stopping = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._waker: socket.socket | None = None
+        #: Worker index -> its restart back-off (only indices whose worker failed).
+        self.backoff: dict[int, Backoff] = {}
+        self._retry: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------- capacity
     @property
@@ -90,14 +126,19 @@ class WorkerPool:
         return self.config.calls_per_worker
 
     def free_slots(self, include_starting: bool = True) -> int:
+        """Free call slots of ready workers, and of starting ones if ``include_starting``:
+        but not of a worker restarted after a failure, which may well fail again."""
         return sum(
             max(0, self.capacity - w.load)
             for w in self.workers.values()
-            if w.state == "ready" or (include_starting and w.state == "starting")
+            if w.state == "ready"
+            or (include_starting and w.state == "starting" and w.index not in self.backoff)
         )
 
     def can_grow(self) -> bool:
-        return len(self.workers) < self.config.max_workers and not self.stopping
+        """Whether a worker may be started now: fewer than ``max_workers`` run and some
+        free index is not backing off after a failure."""
+        return not self.stopping and self._free_index() >= 0
 
     def choose(self) -> SipWorker | None:
         """The least loaded ready worker with a free slot (None: none has one now)."""
@@ -133,6 +174,7 @@ class WorkerPool:
     def ensure_spare(self, extra: int = 0) -> None:
         """Start workers until ``spare_calls`` (+``extra``) slots are free or started."""
         self.expire_reservations()
+        self._forget_backoffs()
         want = max(self.config.spare_calls + extra, 0)
         while self.can_grow() and (
             self.free_slots() < want or len(self.workers) < self.config.min_workers
@@ -157,13 +199,19 @@ class WorkerPool:
             await asyncio.wait_for(asyncio.gather(*waits), timeout)
 
     def _free_index(self) -> int:
-        index = 0
-        while index in self.workers:
-            index += 1
-        return index
+        """The lowest index below ``max_workers`` with no worker and no back-off under
+        way (-1: none)."""
+        now = time.monotonic()
+        for index in range(self.config.max_workers):
+            backoff = self.backoff.get(index)
+            if index not in self.workers and (backoff is None or backoff.until <= now):
+                return index
+        return -1
 
     def _spawn(self) -> SipWorker:
         index = self._free_index()
+        if index < 0:
+            raise RuntimeError("no SIP worker index is free to start")
         cfg = self.config
         worker = SipWorker(
             index=index,
@@ -212,7 +260,7 @@ class WorkerPool:
             try:
                 await asyncio.wait_for(worker.ready.wait(), START_TIMEOUT_S)
             except TimeoutError:
-                logger.error("SIP worker %d did not start in %s s", worker.index, START_TIMEOUT_S)
+                worker.failure = f"did not start in {START_TIMEOUT_S:g} s"
                 self._gone(worker)
 
         task = asyncio.get_running_loop().create_task(ready_or_kill())
@@ -241,14 +289,22 @@ class WorkerPool:
             name = event.get("event")
             if name == "ready":
                 worker.state = "ready"
+                worker.ready_at = time.monotonic()
                 worker.ready.set()
+            elif name == "error" and worker.state == "starting":
+                # Its start failed: logged once, with its exit (see _gone).
+                worker.failure = str(event.get("message", ""))
+                continue
             elif name == "stats":
                 worker.stats = event
                 continue
             self.on_event(worker.index, event)
 
     def _gone(self, worker: SipWorker) -> None:
-        """A worker exited (or failed to start): its calls end, capacity is restored."""
+        """A worker exited (or failed to start): its calls end, and it is replaced as
+        :meth:`ensure_spare` wants, once its index's back-off is over."""
+        if worker.state == "stopped":
+            return  # already gone (a start timeout, then its socket's end)
         if worker.sock is not None:
             with contextlib.suppress(ValueError, RuntimeError):
                 asyncio.get_running_loop().remove_reader(worker.sock.fileno())
@@ -273,9 +329,61 @@ class WorkerPool:
             )
         if not self.stopping:
             if was != "stopping":
-                logger.error("SIP worker %d (pid %s) exited", worker.index, worker.pid)
+                self._failed(worker)
             self.on_event(worker.index, {"event": "worker_exited", "index": worker.index})
             self.ensure_spare()
+
+    def _failed(self, worker: SipWorker) -> None:
+        """Back its index off (logged once, with the reason) and plan the retry."""
+        now = time.monotonic()
+        previous = self.backoff.get(worker.index)
+        stayed_up = worker.ready_at > 0.0 and now - worker.ready_at >= BACKOFF_RESET_S
+        if previous is None or stayed_up:
+            failures, delay = 1, BACKOFF_FIRST_S
+        else:
+            failures, delay = previous.failures + 1, min(previous.delay * 2, BACKOFF_MAX_S)
+        reason = worker.failure or _exit_reason(worker.process)
+        self.backoff[worker.index] = Backoff(failures, delay, now + delay, reason)
+        logger.error(
+            "SIP worker %d (pid %s) %s: %s; index %d is retried in %g s (failure %d)",
+            worker.index,
+            worker.pid,
+            "exited" if worker.ready_at else "failed to start",
+            reason,
+            worker.index,
+            delay,
+            failures,
+        )
+        self._plan_retry()
+
+    def _plan_retry(self) -> None:
+        """Call :meth:`ensure_spare` when the next back-off ends (one timer for all)."""
+        now = time.monotonic()
+        pending = [b.until for b in self.backoff.values() if b.until > now]
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if pending and not self.stopping:
+            self._retry = asyncio.get_running_loop().call_later(min(pending) - now, self._retry_due)
+
+    def _retry_due(self) -> None:
+        self._retry = None
+        if not self.stopping:
+            self.ensure_spare()
+            self._plan_retry()
+
+    def _forget_backoffs(self) -> None:
+        """Reset the back-off of an index whose worker has stayed up
+        :data:`BACKOFF_RESET_S`, or that has had no failure for as long."""
+        now = time.monotonic()
+        for index, backoff in list(self.backoff.items()):
+            worker = self.workers.get(index)
+            if worker is not None and worker.ready_at:
+                done = now - worker.ready_at >= BACKOFF_RESET_S
+            else:
+                done = worker is None and now - backoff.until >= BACKOFF_RESET_S
+            if done:
+                del self.backoff[index]
 
     def send(self, index: int, command: dict[str, Any]) -> bool:
         worker = self.workers.get(index)
@@ -301,6 +409,9 @@ class WorkerPool:
 
     async def stop(self) -> None:
         self.stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         for worker in list(self.workers.values()):
             worker.state = "stopping"
             self.send(worker.index, {"op": "stop"})
@@ -337,3 +448,13 @@ class WorkerPool:
             "started": self.started,
             "free_slots": self.free_slots(include_starting=False),
         }
+
+
+def _exit_reason(process: subprocess.Popen[bytes] | None) -> str:
+    """How a worker process ended, for the log."""
+    code = process.poll() if process is not None else None
+    if code is None:
+        return "its channel closed"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit status {code}"

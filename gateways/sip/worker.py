@@ -56,6 +56,11 @@ SHUTDOWN_S = 2.0
 MEDIA_QUALITY = 4
 #: Seconds between two stats events.
 STATS_INTERVAL_S = 1.0
+#: The legs' conference ports: 20 ms frames (microseconds) of 16-bit mono PCM.
+FRAME_USEC = 20000
+BITS_PER_SAMPLE = 16
+#: pjsua's "no conference slot" (PJSUA_INVALID_ID).
+NO_SLOT = -1
 #: pjsua2 codec ids of the codecs the gateway may offer (the rest are disabled).
 CODEC_IDS = {
     "PCMU": ("PCMU/8000/1",),
@@ -116,6 +121,20 @@ class LegPort(pj.AudioMediaPort):  # type: ignore[misc]
             self.leg.send_frame(read_vector(frame.buf, frame.size))
 
 
+def _linked(audio: Any, port: Any) -> bool:
+    """Whether ``audio`` and ``port`` transmit to each other in the conference bridge.
+
+    False too when pjsua cannot say (the slot went away meanwhile): relinking an existing
+    link is harmless, pjmedia_conf_connect_port() leaves it as it is."""
+    try:
+        audio_slot, port_slot = int(audio.getPortId()), int(port.getPortId())
+        return audio_slot in list(port.getPortInfo().listeners) and port_slot in list(
+            audio.getPortInfo().listeners
+        )
+    except pj.Error:
+        return False
+
+
 class WorkerCall(pj.Call):  # type: ignore[misc]
     def __init__(self, worker: Worker, account: pj.Account, tag: str, call_id: int) -> None:
         super().__init__(account, call_id)
@@ -123,8 +142,16 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
         self.tag = tag
         self.leg = LoopbackLeg(worker.clock_rate)
         self.port: LegPort | None = None
-        self.connected = False
+        #: The call audio's conference slot last linked to :attr:`port` (NO_SLOT: none).
+        self.audio_slot = NO_SLOT
+        #: The codec the last ``media`` event named (None: no event yet).
+        self.codec: str | None = None
         self.ended = False
+
+    @property
+    def connected(self) -> bool:
+        """The call's audio has been linked to its leg at least once."""
+        return self.codec is not None
 
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         info = self.getInfo()
@@ -144,29 +171,50 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
             self.worker.dead.append(self)
 
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
+        """Link the call's audio to its leg on every active media state, not only the first.
+
+        Each offer/answer exchange (RFC 3264 §8: a re-INVITE or UPDATE that puts the call
+        on hold with ``a=sendonly`` and resumes it with ``a=sendrecv``, RFC 3264 §8.4, or
+        that moves the media to another address or codec, §8.3) makes pjsua 2.15 stop
+        the stream, remove its conference slot and add a new one: the old slot's links
+        are gone with it. The leg's port is created once and relinked whenever the call's
+        audio slot is not the one last linked, or its links are missing. The ``media``
+        event goes out once per call, and again only when the codec changed.
+        """
         info = self.getInfo()
         for media in info.media:
             if media.type != pj.PJMEDIA_TYPE_AUDIO:
                 continue
-            if media.status != pj.PJSUA_CALL_MEDIA_ACTIVE or self.connected:
-                continue
+            if media.status != pj.PJSUA_CALL_MEDIA_ACTIVE:
+                continue  # on hold or inactive: relinked when it is active again
             audio = self.getAudioMedia(media.index)
-            self.port = LegPort(self.leg)
-            fmt = pj.MediaFormatAudio()
-            fmt.init(pj.PJMEDIA_FORMAT_PCM, self.worker.clock_rate, 1, 20000, 16)
-            self.port.createPort(f"leg-{self.tag}", fmt)
-            audio.startTransmit(self.port)
-            self.port.startTransmit(audio)
-            self.connected = True
+            port = self._leg_port()
+            slot = int(audio.getPortId())
+            if slot != self.audio_slot or not _linked(audio, port):
+                audio.startTransmit(port)
+                port.startTransmit(audio)
+                self.audio_slot = slot
             codec = ""
             try:
                 stream = self.getStreamInfo(media.index)
                 codec = f"{stream.codecName}/{stream.codecClockRate}"
             except pj.Error:
                 pass
-            self.worker.emit(
-                {"event": "media", "call": self.tag, "codec": codec, "leg_port": self.leg.port}
-            )
+            if codec != self.codec:
+                self.codec = codec
+                self.worker.emit(
+                    {"event": "media", "call": self.tag, "codec": codec, "leg_port": self.leg.port}
+                )
+
+    def _leg_port(self) -> LegPort:
+        """The leg's conference port, created on the call's first active media."""
+        if self.port is None:
+            port = LegPort(self.leg)
+            fmt = pj.MediaFormatAudio()
+            fmt.init(pj.PJMEDIA_FORMAT_PCM, self.worker.clock_rate, 1, FRAME_USEC, BITS_PER_SAMPLE)
+            port.createPort(f"leg-{self.tag}", fmt)
+            self.port = port
+        return self.port
 
     def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
         method = "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
@@ -411,7 +459,8 @@ class Worker:
     # ------------------------------------------------------------- events
     def incoming(self, account: WorkerAccount, prm: Any) -> None:
         self.incoming_seq += 1
-        tag = f"w{self.index}-{self.incoming_seq}"
+        # The process id keeps tags apart across a restart of worker ``index``.
+        tag = f"w{self.index}.{os.getpid()}-{self.incoming_seq}"
         call = WorkerCall(self, account, tag, prm.callId)
         self.calls[tag] = call
         info = call.getInfo()
@@ -523,8 +572,10 @@ def main() -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         worker.start()
-    except pj.Error as exc:
-        worker.emit({"event": "error", "call": None, "message": f"start failed: {exc.info()}"})
+    except (pj.Error, ValueError, KeyError, TypeError, OSError) as exc:
+        # Said to the pool, which logs it once and backs the restart off.
+        reason = exc.info() if isinstance(exc, pj.Error) else f"{type(exc).__name__}: {exc}"
+        worker.emit({"event": "error", "call": None, "message": f"start failed: {reason}"})
         worker._flush()
         return 1
     worker.run()
