@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from pathlib import Path
@@ -28,7 +29,7 @@ from bridge.model import RoomMode
 
 from . import metrics
 from .auth import AuthError, Identity, Role, TokenAuthority
-from .openapi import Empty, mark_roles, operation, read_body
+from .openapi import TOKEN_COOKIE, Empty, mark_roles, operation, read_body
 
 logger = logging.getLogger("bridge.web")
 
@@ -37,6 +38,12 @@ AUTHORITY: web.AppKey[TokenAuthority] = web.AppKey("authority", TokenAuthority)
 IDENTITY = "identity"
 #: Failed logins allowed per client address per minute.
 LOGIN_ATTEMPTS_PER_MINUTE = 10
+#: The window, in seconds, :data:`LOGIN_ATTEMPTS_PER_MINUTE` counts failures in.
+LOGIN_WINDOW_S = 60.0
+#: Client addresses the failed-login table keeps at most; the least recent go first.
+MAX_LOGIN_FAILURE_PEERS = 10_000
+#: How the ``Authorization`` header carries a token.
+BEARER_PREFIX = "Bearer "
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Method = Callable[[Any, web.Request], Awaitable[web.StreamResponse]]
@@ -307,14 +314,42 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Take the identity from a bearer token, else from the login cookie.
+
+    A bad bearer token is refused (401 with the reason). A bad login cookie (one whose
+    token expired, most often) is not: the request goes on without an identity, so the
+    public routes (the console, login, logout, socket.io) still work and the protected
+    ones answer their own 401, and the response drops the cookie.
+    """
     header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else request.cookies.get("ucb_token")
-    if token:
+    if header.startswith(BEARER_PREFIX):
+        bearer = header[len(BEARER_PREFIX) :]
+        if bearer:
+            try:
+                request[IDENTITY] = request.app[AUTHORITY].verify(bearer)
+            except AuthError as exc:
+                return json_error(401, str(exc))
+        return await handler(request)
+    cookie = request.cookies.get(TOKEN_COOKIE)
+    if not cookie:
+        return await handler(request)
+    try:
+        request[IDENTITY] = request.app[AUTHORITY].verify(cookie)
+    except AuthError:
         try:
-            request[IDENTITY] = request.app[AUTHORITY].verify(token)
-        except AuthError as exc:
-            return json_error(401, str(exc))
+            response = await handler(request)
+        except web.HTTPException as exc:
+            _drop_token_cookie(exc)
+            raise
+        _drop_token_cookie(response)
+        return response
     return await handler(request)
+
+
+def _drop_token_cookie(response: web.StreamResponse) -> None:
+    """Tell the browser to forget its login cookie, unless ``response`` sets a new one."""
+    if not response.prepared and TOKEN_COOKIE not in response.cookies:
+        response.del_cookie(TOKEN_COOKIE)
 
 
 def _room_json(room: Any) -> dict[str, Any]:
@@ -347,7 +382,8 @@ class Api:
     """Route handlers; one instance per app."""
 
     def __init__(self) -> None:
-        self._login_failures: dict[str, list[float]] = {}
+        #: Recent failed logins per client address, least recently failed first.
+        self._login_failures: OrderedDict[str, list[float]] = OrderedDict()
 
     @operation(
         "Health of the control process, media workers, recorder and gateways",
@@ -375,21 +411,39 @@ class Api:
         """Redeem a one-time login code (demo mode) for a token; rate-limited per client."""
         peer = request.remote or "?"
         now = time.monotonic()
-        recent = [t for t in self._login_failures.get(peer, []) if now - t < 60]
-        self._login_failures[peer] = recent
+        recent = self._recent_failures(peer, now)
         if len(recent) >= LOGIN_ATTEMPTS_PER_MINUTE:
             return json_error(429, "too many failed logins; try again in a minute")
         code = request.query.get("code", "")
+        authority = request.app[AUTHORITY]
         try:
-            identity, token = request.app[AUTHORITY].redeem(code)
+            identity, token = authority.redeem(code)
         except AuthError as exc:
-            recent.append(now)
+            self._login_failed(peer, recent, now)
             return json_error(401, str(exc))
         response = web.json_response(
             {"user": identity.user, "role": str(identity.role), "token": token}
         )
-        response.set_cookie("ucb_token", token, httponly=True, samesite="Strict")
+        response.set_cookie(
+            TOKEN_COOKIE, token, httponly=True, samesite="Strict", max_age=authority.ttl_s
+        )
         return response
+
+    def _recent_failures(self, peer: str, now: float) -> list[float]:
+        """``peer``'s failed logins within the window; a peer with none leaves the table."""
+        recent = [t for t in self._login_failures.get(peer, []) if now - t < LOGIN_WINDOW_S]
+        if recent:
+            self._login_failures[peer] = recent
+        else:
+            self._login_failures.pop(peer, None)
+        return recent
+
+    def _login_failed(self, peer: str, recent: list[float], now: float) -> None:
+        """Count a failed login; past :data:`MAX_LOGIN_FAILURE_PEERS` the stalest peer goes."""
+        self._login_failures[peer] = [*recent, now]
+        self._login_failures.move_to_end(peer)
+        while len(self._login_failures) > MAX_LOGIN_FAILURE_PEERS:
+            self._login_failures.popitem(last=False)
 
     @operation("List rooms with their participants", response=RoomList)
     @require(Role.DISPATCHER, Role.OFFICER, Role.OBSERVER)

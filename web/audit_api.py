@@ -53,8 +53,16 @@ AUDITED_ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", "/api/patches/{patch}"): "unpatch",
     ("PUT", "/api/rooms/{room}/participants/{participant}/monitor"): "monitor",
 }
-#: Request-body keys whose values never reach the audit log (a camera's password).
-SECRET_KEYS = frozenset({"password", "secret", "token"})
+#: A request-body key whose name holds one of these (in any case) is secret: its value
+#: never reaches the audit log (a camera's ``password``, an ``api_key``, a ``Token``...).
+SECRET_KEY_PARTS = ("pass", "secret", "token", "key")
+#: Keys that match :data:`SECRET_KEY_PARTS` but carry nothing secret: the DTMF keys a
+#: phone takes and gives the floor with (``[gateways.sip]``).
+HARMLESS_KEYS = frozenset({"floor_request_key", "floor_release_key"})
+#: Prefixes of harmless keys of the same kind: video keyframe settings and counters.
+HARMLESS_KEY_PREFIXES = ("keyframe",)
+#: What a secret value is replaced with.
+MASK = "***"
 #: State-changing routes that are not dispatcher actions (units' own position reports).
 UNAUDITED_ROUTES = frozenset(
     {
@@ -108,17 +116,27 @@ def _error_of(response: web.StreamResponse | web.HTTPException) -> str | None:
     return data.get("error") if isinstance(data, dict) else None
 
 
-def _without_secrets(body: Any) -> Any:
-    """``body`` with :data:`SECRET_KEYS` masked and URL credentials cut (rtsp://u:p@h)."""
+def is_secret_key(name: Any) -> bool:
+    """Whether a body key's value must be masked (see :data:`SECRET_KEY_PARTS`)."""
+    if not isinstance(name, str):
+        return False
+    lowered = name.lower()
+    if lowered in HARMLESS_KEYS or lowered.startswith(HARMLESS_KEY_PREFIXES):
+        return False
+    return any(part in lowered for part in SECRET_KEY_PARTS)
+
+
+def without_secrets(body: Any) -> Any:
+    """``body`` with secret keys' values masked and URL credentials cut (rtsp://u:p@h)."""
     if isinstance(body, dict):
-        return {k: "***" if k in SECRET_KEYS else _without_secrets(v) for k, v in body.items()}
+        return {k: MASK if is_secret_key(k) else without_secrets(v) for k, v in body.items()}
     if isinstance(body, list):
-        return [_without_secrets(v) for v in body]
+        return [without_secrets(v) for v in body]
     if isinstance(body, str) and "://" in body and "@" in body:
         scheme, _, rest = body.partition("://")
         authority, slash, path = rest.partition("/")
         if "@" in authority:
-            return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+            return f"{scheme}://{MASK}@{authority.rpartition('@')[2]}{slash}{path}"
     return body
 
 
@@ -156,7 +174,7 @@ def _record(request: web.Request, action: str, status: int, error: str | None, b
     if error is not None:
         detail["error"] = error
     if body is not None:
-        detail["request"] = _without_secrets(body)
+        detail["request"] = without_secrets(body)
     request.app[AUDIT].append(
         user=identity.user,
         role=str(identity.role),

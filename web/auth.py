@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -35,13 +35,26 @@ class AuthError(Exception):
     """Authentication failed; the message says why (never with the token in it)."""
 
 
+#: Why an identity whose token has run out may no longer act.
+EXPIRED = "token has expired"
+
+
 @dataclass(frozen=True)
 class Identity:
     user: str
     role: Role
+    #: The token's ``exp`` claim (seconds since the epoch), or None when it has none.
+    #: Not part of equality: the same user and role is the same identity.
+    expires: int | None = field(default=None, compare=False)
 
     def has(self, *roles: Role) -> bool:
         return self.role in roles or self.role == Role.ADMIN
+
+    def expired(self, now: float | None = None) -> bool:
+        """Whether the token this identity came from has run out (as :meth:`verify` says)."""
+        if self.expires is None:
+            return False
+        return (time.time() if now is None else now) >= self.expires
 
 
 def new_secret() -> str:
@@ -85,14 +98,14 @@ class TokenAuthority:
                 options={"require": ["exp", "sub", "role"]},
             )
         except jwt.ExpiredSignatureError:
-            raise AuthError("token has expired") from None
+            raise AuthError(EXPIRED) from None
         except jwt.InvalidTokenError:
             raise AuthError("token is invalid") from None
         try:
             role = Role(claims["role"])
         except ValueError:
             raise AuthError("token has an unknown role") from None
-        return Identity(user=str(claims["sub"]), role=role)
+        return Identity(user=str(claims["sub"]), role=role, expires=int(claims["exp"]))
 
     def login_code(self, user: str, role: Role) -> str:
         """A one-time code that :meth:`redeem` turns into a token once."""

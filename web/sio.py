@@ -15,7 +15,11 @@ A python-socketio ``AsyncServer`` on the aiohttp app, with two namespaces:
     packet goes to every subscribed console.
 
 Connecting needs a token: ``auth={"token": ...}``, or the login cookie the console's demo
-link set. No token or a bad one: the connection is refused with the reason.
+link set. No token or a bad one: the connection is refused with the reason. The token
+counts for as long as it lasts, not just at connect: once it has expired, whatever the
+console asks is refused (``{"ok": false, "status": 401, "error": "token has expired"}``,
+actions audited as denied) and the connection is closed; the console connects again with
+a new token.
 
 **Resume.** A console calls ``resume`` with the last ``(epoch, seq)`` it applied (nothing
 on its first connect). With the same epoch and the missed events still in the history the
@@ -55,7 +59,8 @@ from bridge.audit import AuditLog, Outcome
 from bridge.control import EVENT_HISTORY, ConflictError, Control, NotFoundError, WorkerError
 from bridge.presence import Coalescer, Unit
 
-from .auth import AuthError, Identity, Role, TokenAuthority
+from .audit_api import without_secrets
+from .auth import EXPIRED, AuthError, Identity, Role, TokenAuthority
 from .console import TOKEN_COOKIE
 from .openapi import validation_reason
 from .presence_api import PresenceFeed
@@ -426,6 +431,12 @@ class RoomsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.identities.pop(sid, None)
 
+    def _close_expired(self, sid: str) -> None:
+        """Disconnect ``sid``, whose token has expired, once its current answer is sent."""
+        # A task: the acknowledgement is queued as soon as the handler returns, before
+        # this runs, so the console reads why before it sees the disconnect.
+        self.hub.spawn(self.disconnect(sid))
+
     async def on_resume(self, sid: str, data: Any = None) -> dict[str, Any]:
         identity = self.identities[sid]
         try:
@@ -441,12 +452,24 @@ class RoomsNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         return {"ok": True, "snapshot": self.hub.snapshot()}
 
     async def trigger_event(self, event: str, *args: Any) -> Any:
-        action = self.hub.actions.get(event)
-        if action is None:
+        if event in _LIFECYCLE_EVENTS:
             return await super().trigger_event(event, *args)
         sid = args[0]
+        identity = self.identities.get(sid)
+        if identity is None:
+            return dict(_UNAUTHENTICATED_ANSWER)
+        action = self.hub.actions.get(event)
+        if action is None:
+            # resume, snapshot and the webrtc_* handlers: none of them for an expired token.
+            if identity.expired():
+                self._close_expired(sid)
+                return dict(_EXPIRED_ANSWER)
+            return await super().trigger_event(event, *args)
         data = args[1] if len(args) > 1 else None
-        return await self.hub.act(self.identities[sid], event, action, data)
+        answer = await self.hub.act(identity, event, action, data)
+        if identity.expired():
+            self._close_expired(sid)
+        return answer
 
 
 class PresenceNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
@@ -465,15 +488,23 @@ class PresenceNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             hub.control.config.console.presence_rate_hz
         )
         self.subscribers: set[str] = set()
+        self.identities: dict[str, Identity] = {}
         self.timer: asyncio.TimerHandle | None = None
 
     async def on_connect(self, sid: str, environ: dict[str, Any], auth: Any = None) -> None:
-        identity_from(self.hub.authority, environ, auth)
+        self.identities[sid] = identity_from(self.hub.authority, environ, auth)
 
     async def on_disconnect(self, sid: str, reason: Any = None) -> None:
         self.subscribers.discard(sid)
+        self.identities.pop(sid, None)
 
     async def on_subscribe(self, sid: str, data: Any = None) -> dict[str, Any]:
+        identity = self.identities.get(sid)
+        if identity is None:
+            return dict(_UNAUTHENTICATED_ANSWER)
+        if identity.expired():
+            self.hub.spawn(self.disconnect(sid))  # after the answer, as on /rooms
+            return dict(_EXPIRED_ANSWER)
         # The snapshot answers at once; later changes come in the shared batches.
         await self.enter_room(sid, PRESENCE_SUBSCRIBERS)
         self.subscribers.add(sid)
@@ -657,11 +688,14 @@ class Signalling:
 
     # --------------------------------------------------------------- actions
     async def act(self, identity: Identity, name: str, action: Action, data: Any) -> dict[str, Any]:
-        """Run one console action: check the role, call the core, audit, answer."""
+        """Run one console action: check the token and role, call the core, audit, answer."""
         dispatcher_only = name not in ("ptt_press", "ptt_release") or _flagged(data, _OVERRIDES)
         allowed = (Role.DISPATCHER,) if dispatcher_only else (Role.DISPATCHER, Role.OFFICER)
         audited = dispatcher_only or identity.has(Role.DISPATCHER) or _flagged(data, _PRE_EMPTIONS)
         room = data.get("room") if isinstance(data, dict) else None
+        if identity.expired():
+            self._audit(identity, name, Outcome.DENIED, room, {"status": 401, "error": EXPIRED})
+            return dict(_EXPIRED_ANSWER)
         if not identity.has(*allowed):
             needs = ", ".join(str(r) for r in allowed)
             reason = f"role {identity.role} may not do this (needs {needs})"
@@ -689,7 +723,7 @@ class Signalling:
                 outcome = Outcome.OK
             detail = {k: v for k, v in answer.items() if k != "ok"}
             if isinstance(data, dict):
-                detail["request"] = {k: v for k, v in data.items() if k != "room"}
+                detail["request"] = without_secrets({k: v for k, v in data.items() if k != "room"})
             self._audit(identity, name, outcome, room, detail)
         return answer
 
@@ -847,6 +881,16 @@ class Signalling:
         return {"room": room, "call": call}
 
 
+#: socket.io's own events, which are not a console's requests.
+_LIFECYCLE_EVENTS = frozenset({"connect", "disconnect"})
+#: The answer to anything a console asks once its token has expired.
+_EXPIRED_ANSWER: dict[str, Any] = {"ok": False, "status": 401, "error": EXPIRED}
+#: The answer to a request on a connection that has no identity (it never had one).
+_UNAUTHENTICATED_ANSWER: dict[str, Any] = {
+    "ok": False,
+    "status": 401,
+    "error": "authentication required",
+}
 #: PTT flags only a dispatcher may set.
 _OVERRIDES = ("override", "emergency")
 #: PTT flags that may pre-empt the holder, and so are audited whoever sets them.
