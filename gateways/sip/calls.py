@@ -115,7 +115,9 @@ class CallManager:
         self.link = link
         self.pool = pool
         self.config = config
-        self.dialplan = Dialplan(dict(config.dids))
+        self.dialplan = Dialplan(
+            dict(config.dids), frozenset(account.name for account in config.accounts)
+        )
         self.calls: dict[str, SipCall] = {}
         self._dial_ids = itertools.count(1)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -205,16 +207,16 @@ class CallManager:
         if len(self.active()) > self.config.max_calls:
             self._refuse(call, 503, "Too Many Calls")
             return
-        self._spawn(self._admit(call, str(event.get("request_uri", ""))))
+        self._spawn(self._admit(call, str(event.get("request_uri", "")), str(event.get("to", ""))))
 
     def _refuse(self, call: SipCall, code: int, reason: str) -> None:
         call.code, call.reason = code, reason
         self._command(call, "answer", code=code, reason=reason)
 
-    async def _admit(self, call: SipCall, request_uri: str) -> None:
+    async def _admit(self, call: SipCall, request_uri: str, to: str = "") -> None:
         from bridge.gatewaylink import LinkError
 
-        room_key = self.dialplan.room_for(request_uri)
+        room_key = self.dialplan.room_for(request_uri, to)
         if room_key is None:
             self._refuse(call, 404, "Not Found")
             return

@@ -19,14 +19,23 @@ ROOM_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 @dataclass(frozen=True)
 class Dialplan:
-    """``dids``: dialled number -> room; otherwise the request URI's user is the room."""
+    """``dids``: dialled number -> room; otherwise the request URI's user is the room.
+
+    ``accounts``: the names of the registered upstream accounts. A registrar retargets a
+    call to the Contact the account registered (RFC 3261 §16.5), whose user is the
+    account's name: the number dialled is then the To header's user.
+    """
 
     dids: dict[str, str]
+    accounts: frozenset[str] = frozenset()
 
-    def room_for(self, request_uri: str) -> str | None:
-        """The room a call to ``request_uri`` joins (None: not a room address)."""
+    def room_for(self, request_uri: str, to: str = "") -> str | None:
+        """The room a call to ``request_uri`` (``to``: its To header) joins (None: not a
+        room address)."""
         try:
             user = SipUri.parse(request_uri).user
+            if user in self.accounts and to:
+                user = SipUri.parse(to).user
         except ValueError:
             return None
         if user in self.dids:

@@ -78,6 +78,16 @@ def test_the_dialplan_maps_dids_then_room_names() -> None:
     assert plan.room_for("tel:123") is None
 
 
+def test_a_call_retargeted_to_an_accounts_contact_is_routed_by_its_to_user() -> None:
+    plan = Dialplan({"5550100": "dispatch"}, frozenset({"pbx"}))
+    # The registrar sent it to the Contact the account "pbx" registered.
+    assert plan.room_for("sip:pbx@127.0.0.1:5060", '"Desk" <sip:5550100@pbx.example>') == (
+        "dispatch"
+    )
+    assert plan.room_for("sip:pbx@127.0.0.1:5060", "<sip:tg1@pbx.example>") == "tg1"
+    assert plan.room_for("sip:tg1@127.0.0.1:5060", "<sip:5550100@pbx.example>") == "tg1"
+
+
 def test_caller_id_is_shown_masked_or_hidden() -> None:
     header = '"Unit 7" <sip:5551234@10.0.0.1>;tag=1'
     assert caller_id(header, "show") == "Unit 7 <5551234>"
