@@ -142,7 +142,11 @@ class Camera:
         self._thread = self._stop = None
         if thread is not None and stop is not None:
             stop.set()
-            await asyncio.to_thread(thread.join, self.settings.read_timeout_s + STOP_JOIN_S)
+            # The thread may be in av.open (up to the open timeout) before its next read.
+            timeout = self.settings.open_timeout_s + self.settings.read_timeout_s + STOP_JOIN_S
+            await asyncio.to_thread(thread.join, timeout)
+            if self.pulling:
+                return  # a viewer started a new run meanwhile: the camera is its now
         self._fold_session()
         if self.audio is not None:
             await self.audio.leave()
@@ -164,11 +168,11 @@ class Camera:
                 read_timeout=self.settings.read_timeout_s,
                 audio=self.config.audio and self.audio is not None,
                 redact=self.redact,
-                on_open=lambda info: loop.call_soon_threadsafe(self._opened, info),
-                on_frame=lambda frame: loop.call_soon_threadsafe(self._frame, frame),
-                on_audio=lambda pcm: loop.call_soon_threadsafe(self._audio, pcm),
+                on_open=lambda info: loop.call_soon_threadsafe(self._opened, info, stop),
+                on_frame=lambda frame: loop.call_soon_threadsafe(self._frame, frame, stop),
+                on_audio=lambda pcm: loop.call_soon_threadsafe(self._audio, pcm, stop),
             )
-            loop.call_soon_threadsafe(self._new_session, session)
+            loop.call_soon_threadsafe(self._new_session, session, stop)
             try:
                 session.run(stop)
             except IngestError as exc:
@@ -179,14 +183,19 @@ class Camera:
                 return
             if session.counters.keyframes:
                 backoff = self.settings.reconnect_min_s
-            loop.call_soon_threadsafe(self._failed, reason, backoff)
+            loop.call_soon_threadsafe(self._failed, reason, backoff, stop)
             if stop.wait(backoff):
                 return
             backoff = min(backoff * 2, self.settings.reconnect_max_s)
 
     # ------------------------------------------------- handed over to the loop
-    def _new_session(self, session: RtspSession) -> None:
-        if self._thread is None:
+    # Each call carries its run's stop event: a stopped run's thread may still be ending
+    # (in av.open) while a new run has started, and must not act on the new one.
+    def _current(self, stop: threading.Event) -> bool:
+        return self._thread is not None and self._stop is stop
+
+    def _new_session(self, session: RtspSession, stop: threading.Event) -> None:
+        if not self._current(stop):
             return
         self._fold_session()
         self._session = session
@@ -200,8 +209,8 @@ class Camera:
             if isinstance(value, int):
                 setattr(self._totals, name, getattr(self._totals, name) + value)
 
-    def _opened(self, info: StreamInfo) -> None:
-        if self._thread is None:
+    def _opened(self, info: StreamInfo, stop: threading.Event) -> None:
+        if not self._current(stop):
             return
         self.info = info
         if info.transcoding:
@@ -213,8 +222,8 @@ class Camera:
         if info.audio_codec is not None and self.audio is not None:
             asyncio.get_running_loop().create_task(self.audio.join())
 
-    def _frame(self, frame: EncodedFrame) -> None:
-        if self._thread is None:
+    def _frame(self, frame: EncodedFrame, stop: threading.Event) -> None:
+        if not self._current(stop):
             return
         now = time.time()
         if self.state is not CameraState.ONLINE:
@@ -239,12 +248,12 @@ class Camera:
             self.last_keyframe_at = now
         self.bus.publish(frame)
 
-    def _audio(self, pcm: bytes) -> None:
-        if self._thread is not None and self.audio is not None:
+    def _audio(self, pcm: bytes, stop: threading.Event) -> None:
+        if self._current(stop) and self.audio is not None:
             self.audio.feed(pcm)
 
-    def _failed(self, reason: str, retry_in: float) -> None:
-        if self._thread is None:
+    def _failed(self, reason: str, retry_in: float, stop: threading.Event) -> None:
+        if not self._current(stop):
             return
         self.reconnects += 1
         self.last_error = reason

@@ -61,11 +61,22 @@ STATS_INTERVAL_S = 5.0
 #: restarting, a camera not re-added yet): first and longest wait.
 BUS_RETRY_MIN_S = 0.05
 BUS_RETRY_MAX_S = 2.0
+#: Longest video source name an offer may ask for.
+MAX_SOURCE_NAME = 128
+#: How long after its answer a peer connection has to connect (aioice reports failure only
+#: after the browser's end-of-candidates, which a closed tab never sends).
+CONNECT_DEADLINE_S = 30.0
 #: Core events the gateway subscribes to.
 SUBSCRIBED_EVENTS = ["left", "room_deleted"]
 WEBRTC_PREFIX = "webrtc:"
 CAMERA_PREFIX = "camera:"
 UNSUPPORTED_CODECS = "unsupported codecs in SDP: audio needs opus/48000, video VP8 or H264"
+BAD_CANDIDATE = "bad ICE candidate"
+SESSION_CLOSED = "session closed during negotiation"
+SESSION_REPLACED = "session replaced by a concurrent offer"
+NOT_CONNECTED = "peer connection not connected in time"
+#: How much of a refused candidate its error quotes.
+MAX_QUOTED_CANDIDATE = 100
 _SENDING = ("sendonly", "sendrecv")
 
 
@@ -131,6 +142,7 @@ class Session:
     state: str = "new"
     created: float = field(default_factory=time.time)
     closing: bool = False
+    deadline: asyncio.TimerHandle | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -239,6 +251,8 @@ class WebRtcGateway:
             )
         if len(sources) > MAX_VIEWS:
             raise ValueError(f"at most {MAX_VIEWS} video_sources")
+        if any(len(name) > MAX_SOURCE_NAME for name in sources):
+            raise ValueError(f"video source names are at most {MAX_SOURCE_NAME} characters")
         room_info = await self.link.request("room", room=room)
         room_id, room_name = str(room_info["id"]), str(room_info["name"])
 
@@ -250,6 +264,10 @@ class WebRtcGateway:
         elif old is not None:
             await self._close(old, "replaced by a new peer connection", leave=True)
         try:
+            if (user, session) in self.sessions:  # a concurrent offer of the same session
+                raise self._refuse(
+                    SESSION_REPLACED, "Conflict", room=room_id, user=user, session=session
+                )
             self._check_limits(room_id, room_name, user, session, bool(publishes), sources)
         except LinkError:
             if kept is not None:
@@ -286,6 +304,7 @@ class WebRtcGateway:
             )
         except BaseException:
             await self._close(state, "offer failed", leave=True)
+            await self._discard(state, sources)
             raise
 
     def _check_limits(
@@ -342,6 +361,7 @@ class WebRtcGateway:
         pc, leg = session.pc, session.leg
         if not leg.opened:
             await leg.open()
+        self._check_open(session)
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
@@ -399,7 +419,9 @@ class WebRtcGateway:
                 session=session.session_id,
             ) from None
         except (InternalError, InvalidStateError, ValueError) as exc:
+            self._check_open(session)
             raise ValueError(f"SDP offer refused: {exc}") from None
+        self._check_open(session)
 
         if not session.participant:
             await self._join(session, priority, dispatcher, receive_only)
@@ -407,14 +429,24 @@ class WebRtcGateway:
             session.publish.name = f"{WEBRTC_PREFIX}{session.participant}"
             self.sources[session.publish.name] = session.publish
 
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
+        try:
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except InvalidStateError:  # closed meanwhile
+            self._check_open(session)
+            raise
+        # A hangup, a newer offer or the room's end may have closed the session during ICE
+        # gathering: its views are not registered, or nothing would ever remove them.
+        self._check_open(session)
         local = SessionDescription.parse(pc.localDescription.sdp)
         for transceiver, view in view_transceivers:
             media = local.media[transceiver._get_mline_index() or 0]
             codecs = [c.name for c in media.rtp.codecs if c.name in FORWARDABLE]
             view.track.codec = codecs[0] if codecs else "VP8"
             view.mid = transceiver.mid
+            if view.source.name.startswith(CAMERA_PREFIX):
+                # A failed offer of the same camera may have dropped it meanwhile.
+                view.source = self._source(view.source.name, session.room)
             source = view.source
             on_keyframe_request(transceiver.sender, source.request_keyframe)
             source.add_viewer(view.track)
@@ -422,6 +454,9 @@ class WebRtcGateway:
             if source.name.startswith(CAMERA_PREFIX):
                 self._watch_camera(source)
         session.state = "answered"
+        session.deadline = asyncio.get_running_loop().call_later(
+            CONNECT_DEADLINE_S, self._connect_deadline, session
+        )
         self._publish(
             {
                 "event": "webrtc_session",
@@ -468,8 +503,53 @@ class WebRtcGateway:
             },
         )
         session.participant = str(joined["participant"]["id"])
+        if session.closing:
+            # Closed while the join was under way: the close saw no participant to leave.
+            with contextlib.suppress(LinkError):
+                await self.link.request("leave", room=session.room, participant=session.participant)
+            self._closed_event(session, SESSION_CLOSED)
+            self._check_open(session)
         rtp = joined["media"]["rtp"]
         leg.connect(str(rtp["ip"]), int(rtp["port"]))
+
+    def _check_open(self, session: Session) -> None:
+        """Refuse an offer whose session was closed while it awaited."""
+        if session.closing:
+            raise self._refuse(
+                SESSION_CLOSED,
+                "Conflict",
+                room=session.room,
+                user=session.user,
+                session=session.session_id,
+            )
+
+    def _connect_deadline(self, session: Session) -> None:
+        session.deadline = None
+        if not session.closing and session.state != "connected":
+            self._spawn(self._close(session, NOT_CONNECTED, leave=True))
+
+    async def _discard(self, session: Session, names: list[str]) -> None:
+        """What a failed offer made and no one else uses: its unnamed published source, the
+        camera sources it asked for that no view watches."""
+        publish = session.publish
+        if publish is not None and self.sources.get(publish.name) is not publish:
+            session.publish = None
+            await publish.close()
+        for name in names:
+            if name.startswith(CAMERA_PREFIX):
+                source = self.sources.get(name)
+                if source is not None and source.viewer_count == 0:
+                    await self._drop_camera(source)
+
+    async def _drop_camera(self, source: VideoSource) -> None:
+        """A camera source that has no viewers left: its bus subscription ends, it goes."""
+        if self.sources.get(source.name) is not source:
+            return
+        del self.sources[source.name]
+        task = self._cameras.pop(source.name, None)
+        if task is not None:
+            task.cancel()
+        await source.close()
 
     @staticmethod
     def _prefer(transceiver: Any, codec: str | None) -> None:
@@ -585,8 +665,10 @@ class WebRtcGateway:
         text = candidate.removeprefix("a=").removeprefix("candidate:")
         try:
             parsed = candidate_from_sdp(text)
-        except (ValueError, IndexError):
-            raise ValueError(f"bad ICE candidate: {candidate[:100]}") from None
+        except (AssertionError, ValueError, IndexError):
+            # aiortc asserts the field count (an AssertionError, an IndexError under -O)
+            # and int()s the numeric fields: all of them are the browser's bad candidate.
+            raise ValueError(f"{BAD_CANDIDATE}: {candidate[:MAX_QUOTED_CANDIDATE]}") from None
         parsed.sdpMid = sdpMid
         parsed.sdpMLineIndex = sdpMLineIndex if sdpMid is None else None
         if parsed.sdpMid is None and parsed.sdpMLineIndex is None:
@@ -624,6 +706,9 @@ class WebRtcGateway:
         video source stays too, for the new peer connection to feed if it still publishes.
         """
         session.closing = True
+        if session.deadline is not None:
+            session.deadline.cancel()
+            session.deadline = None
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
         self._end_views(session)
@@ -643,6 +728,9 @@ class WebRtcGateway:
         if session.closing:
             return
         session.closing = True
+        if session.deadline is not None:
+            session.deadline.cancel()
+            session.deadline = None
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
         if session.publish is not None and self.sources.get(session.publish.name) is (
@@ -663,11 +751,16 @@ class WebRtcGateway:
         for view in session.views:
             view.source.remove_viewer(view.track)
             view.track.stop()
-            if view.source.viewer_count == 0 and view.source.name.startswith(CAMERA_PREFIX):
-                task = self._cameras.pop(view.source.name, None)
+            source = view.source
+            if (
+                source.viewer_count == 0
+                and source.name.startswith(CAMERA_PREFIX)
+                and self.sources.get(source.name) is source  # not a newer one of that name
+            ):
+                task = self._cameras.pop(source.name, None)
                 if task is not None:
                     task.cancel()
-                self.sources.pop(view.source.name, None)
+                del self.sources[source.name]
         session.views = []
 
     def _closed_event(self, session: Session, reason: str) -> None:

@@ -208,7 +208,10 @@ class Transcoder:
         try:
             self._queue.put_nowait(unit)
         except asyncio.QueueFull:
+            # The frames after this one reference it: the decoder waits for a keyframe.
             self.source.counters.dropped += 1
+            self._need_keyframe = True
+            self.source.request_keyframe()
 
     def request_keyframe(self) -> None:
         self._force_keyframe = True

@@ -25,11 +25,27 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bridge.gatewaylink import LinkError
+from bridge.gateways.webrtc import gateway as gateway_module
 from bridge.gateways.webrtc import ice
 from bridge.gateways.webrtc.audio import FRAME_BYTES, L16_RATE, l16_packet, l16_payload
-from bridge.gateways.webrtc.gateway import UNSUPPORTED_CODECS, Settings, WebRtcGateway
+from bridge.gateways.webrtc.gateway import (
+    BAD_CANDIDATE,
+    MAX_SOURCE_NAME,
+    NOT_CONNECTED,
+    SESSION_CLOSED,
+    UNSUPPORTED_CODECS,
+    Settings,
+    WebRtcGateway,
+)
 from bridge.gateways.webrtc.mixencode import SILENCE_PACKET, Listener, MixEncoder
-from bridge.gateways.webrtc.video import EncodedTrack, VideoSource, VideoUnit, is_keyframe
+from bridge.gateways.webrtc.video import (
+    VIEWER_QUEUE,
+    EncodedTrack,
+    Transcoder,
+    VideoSource,
+    VideoUnit,
+    is_keyframe,
+)
 
 TONE_TO_WORKER = 440.0
 TONE_FROM_WORKER = 1000.0
@@ -626,3 +642,183 @@ async def test_a_talker_gets_its_own_encode_and_returns_only_at_a_burst_boundary
         else:
             assert band_share(heard[960 * 20 : 960 * 60], SHARED_TONE, 48000) > 0.8
         assert band_share(heard[960 * 72 :], SHARED_TONE, 48000) > 0.8
+
+
+# ------------------------------------------------------------------ races and leftovers
+class HeldJoinLink(FakeLink):
+    """A link whose ``join`` answers only when the test releases it."""
+
+    def __init__(self, worker_port: int, worker: FakeWorker) -> None:
+        super().__init__(worker_port, worker)
+        self.join_started = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def request(self, op: str, **args: Any) -> Any:
+        if op == "join":
+            self.join_started.set()
+            await self.release.wait()
+        return await super().request(op, **args)
+
+
+async def test_a_malformed_trickled_candidate_is_refused_as_invalid(bridge: Any) -> None:
+    gateway, link, worker = bridge  # noqa: RUF059
+    client = RTCPeerConnection()
+    client.addTrack(ToneTrack(TONE_TO_WORKER))
+    try:
+        await connect(gateway, client, "s1")
+        for bad in ("foo", "candidate:foo", "1 1 udp x 127.0.0.1 5 typ host"):
+            with pytest.raises(ValueError) as refused:
+                await gateway.candidate(user="alice", session="s1", candidate=bad, sdpMid="0")
+            assert str(refused.value) == f"{BAD_CANDIDATE}: {bad}"
+        assert ("alice", "s1") in gateway.sessions
+    finally:
+        await client.close()
+
+
+async def test_a_hangup_during_the_join_leaves_the_room(loopback_only: None) -> None:
+    worker = FakeWorker()
+    link = HeldJoinLink(0, worker)
+    gateway = WebRtcGateway(link, Settings())
+    client = RTCPeerConnection()
+    client.addTrack(ToneTrack(TONE_TO_WORKER))
+    client.addTrack(BallTrack())
+    try:
+        await client.setLocalDescription(await client.createOffer())
+        offering = asyncio.ensure_future(
+            gateway.offer(user="alice", room="tac-1", sdp=client.localDescription.sdp, session="s")
+        )
+        await asyncio.wait_for(link.join_started.wait(), WAIT_S)
+        await gateway.hangup(user="alice", session="s")
+        link.release.set()
+        with pytest.raises(LinkError) as refused:
+            await offering
+        assert str(refused.value) == SESSION_CLOSED
+        assert refused.value.kind == "Conflict"
+        assert link.left == ["p1"] and not link.joined
+        assert not gateway.sessions and not gateway.sources
+    finally:
+        await client.close()
+        await gateway.close()
+
+
+async def test_a_hangup_during_ice_gathering_registers_no_views(
+    loopback_only: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = FakeWorker()
+    link = FakeLink(0, worker)
+    gateway = WebRtcGateway(link, Settings(video_bus=tmp_path / "video.sock"))
+    client = RTCPeerConnection()
+    client.addTrack(ToneTrack(TONE_TO_WORKER))
+    client.addTransceiver("video", direction="recvonly")
+    gathering = asyncio.Event()
+    release = asyncio.Event()
+    original = RTCPeerConnection.setLocalDescription
+
+    async def held(self: RTCPeerConnection, description: Any) -> None:
+        gathering.set()
+        await release.wait()
+        await original(self, description)
+
+    try:
+        await client.setLocalDescription(await client.createOffer())
+        monkeypatch.setattr(RTCPeerConnection, "setLocalDescription", held)
+        offering = asyncio.ensure_future(
+            gateway.offer(
+                user="alice",
+                room="tac-1",
+                sdp=client.localDescription.sdp,
+                session="s",
+                video_sources=["camera:gate"],
+            )
+        )
+        await asyncio.wait_for(gathering.wait(), WAIT_S)
+        await gateway.hangup(user="alice", session="s")
+        release.set()
+        with pytest.raises(LinkError, match=SESSION_CLOSED) as refused:
+            await offering
+        assert refused.value.kind == "Conflict"
+        assert link.left == ["p1"]
+        assert not gateway.sessions and not gateway.sources and not gateway._cameras
+    finally:
+        await client.close()
+        await gateway.close()
+
+
+async def test_a_refused_offer_leaves_no_camera_source(bridge: Any, tmp_path: Path) -> None:
+    gateway, link, worker = bridge  # noqa: RUF059
+    gateway.settings = Settings(video_bus=tmp_path / "video.sock")
+    from aiortc import RTCRtpSender
+
+    client = RTCPeerConnection()
+    audio = client.addTransceiver("audio")
+    audio.setCodecPreferences(
+        [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType == "audio/PCMU"]
+    )
+    client.addTransceiver("video", direction="recvonly")
+    try:
+        await client.setLocalDescription(await client.createOffer())
+        sdp = client.localDescription.sdp
+        with pytest.raises(LinkError, match=UNSUPPORTED_CODECS):
+            await gateway.offer(
+                user="bob", room="tac-1", sdp=sdp, session="x", video_sources=["camera:gate"]
+            )
+        assert not gateway.sources and not gateway.sessions
+        long_name = "camera:" + "x" * MAX_SOURCE_NAME
+        with pytest.raises(ValueError) as refused:
+            await gateway.offer(
+                user="bob", room="tac-1", sdp=sdp, session="x", video_sources=[long_name]
+            )
+        assert str(refused.value) == (
+            f"video source names are at most {MAX_SOURCE_NAME} characters"
+        )
+    finally:
+        await client.close()
+
+
+async def test_a_session_that_never_connects_ends_at_its_deadline(
+    bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gateway, link, worker = bridge  # noqa: RUF059
+    monkeypatch.setattr(gateway_module, "CONNECT_DEADLINE_S", 0.2)
+    client = RTCPeerConnection()
+    client.addTrack(ToneTrack(TONE_TO_WORKER))
+    try:
+        await client.setLocalDescription(await client.createOffer())
+        # A trickling browser's offer: no candidates yet, and the tab closes before any.
+        sdp = "".join(
+            line
+            for line in client.localDescription.sdp.splitlines(keepends=True)
+            if not line.startswith(("a=candidate", "a=end-of-candidates"))
+        )
+        answer = await gateway.offer(user="alice", room="tac-1", sdp=sdp, session="s")
+        await wait_for(lambda: answer["participant"] in link.left)
+        assert not gateway.sessions
+        await wait_for(
+            lambda: any(
+                e["event"] == "webrtc_session" and e.get("reason") == NOT_CONNECTED
+                for e in link.events
+            )
+        )
+    finally:
+        await client.close()
+
+
+async def test_a_full_transcoder_queue_waits_for_a_keyframe() -> None:
+    sent: list[int] = []
+
+    async def keyframe_sender() -> None:
+        sent.append(1)
+
+    source = VideoSource("webrtc:p1", "r1", keyframe_sender=keyframe_sender)
+    transcoder = Transcoder(source, "H264")
+    try:
+        transcoder.put(VideoUnit("VP8", 0, True, b"k", 0.0))
+        for i in range(VIEWER_QUEUE):  # no await: the transcoder takes none meanwhile
+            transcoder.put(VideoUnit("VP8", i + 1, False, b"p", 0.0))
+        assert source.counters.dropped == 1
+        assert source.counters.keyframe_requests_sent == 1
+        transcoder.put(VideoUnit("VP8", 99, False, b"p", 0.0))  # no reference: not taken
+        assert source.counters.dropped == 1 and transcoder._queue.qsize() == VIEWER_QUEUE
+    finally:
+        await transcoder.close()
+        await source.close()
