@@ -177,9 +177,17 @@ class WorkerPool:
         self._forget_backoffs()
         want = max(self.config.spare_calls + extra, 0)
         while self.can_grow() and (
-            self.free_slots() < want or len(self.workers) < self.config.min_workers
+            self.free_slots() < want
+            or len(self.workers) < self.config.min_workers
+            or self._registrar_missing()
         ):
             self._spawn()
+
+    def _registrar_missing(self) -> bool:
+        """Worker 0 registers the accounts: it is started again once its back-off ends,
+        even when the other workers have the spare slots covered."""
+        registers = any(account.get("register", False) for account in self.accounts)
+        return registers and 0 not in self.workers and self._free_index() == 0
 
     def worker_at(self, addr: tuple[str, int]) -> SipWorker | None:
         if addr[0] != self.config.listen_host:

@@ -125,6 +125,24 @@ async def test_a_worker_that_keeps_failing_is_restarted_with_a_doubling_back_off
     assert pool._retry is None
 
 
+async def test_worker_0_comes_back_after_its_back_off_to_register_the_accounts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool, clock, spawned = failing_pool(monkeypatch, max_workers=4)
+    pool.accounts = [{"name": "pbx", "register": True}]
+    pool.ensure_spare()
+    assert [w.index for w in spawned] == [0]
+    delay = fail(pool, spawned[0], "start failed: Address already in use")
+    pool.ensure_spare()
+    assert [w.index for w in spawned] == [0, 1]  # min_workers, while 0 backs off
+    spawned[1].state = "ready"
+    clock.now += delay
+    pool._retry_due()
+    # Worker 1 has the spare slots covered, but only worker 0 registers the accounts.
+    assert [w.index for w in spawned] == [0, 1, 0]
+    await pool.stop()
+
+
 async def test_the_back_off_resets_once_a_worker_has_stayed_up(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
