@@ -102,10 +102,6 @@ class SipFront(asyncio.DatagramProtocol):
             logger.debug("unroutable SIP from %s: %s", addr, exc)
 
     # ------------------------------------------------------------- dialogs
-    def route_of(self, call_id: str) -> int | None:
-        route = self.dialogs.get(call_id)
-        return route.worker if route is not None else None
-
     def _remember(self, call_id: str, index: int) -> None:
         self.dialogs[call_id] = Route(index)
         self.dialogs.move_to_end(call_id)
@@ -181,8 +177,8 @@ class SipFront(asyncio.DatagramProtocol):
         message.headers = [(n, v) for n, v in message.headers if n.lower() != SOURCE_HEADER.lower()]
         method = message.method
         call_id = message.call_id
-        index = self.route_of(call_id)
         route = self.dialogs.get(call_id)
+        index = route.worker if route is not None else None
         if method == "INVITE" and not message.to_tag() and route is not None and route.until:
             # A new initial INVITE on the Call-ID of a call that failed (after a 422 or
             # 488, RFC 3261 §8.1.3.5): the route lives again, with the same worker.

@@ -59,8 +59,6 @@ STATS_INTERVAL_S = 1.0
 #: The legs' conference ports: 20 ms frames (microseconds) of 16-bit mono PCM.
 FRAME_USEC = 20000
 BITS_PER_SAMPLE = 16
-#: pjsua's "no conference slot" (PJSUA_INVALID_ID).
-NO_SLOT = -1
 #: pjsua2 codec ids of the codecs the gateway may offer (the rest are disabled).
 CODEC_IDS = {
     "PCMU": ("PCMU/8000/1",),
@@ -121,20 +119,6 @@ class LegPort(pj.AudioMediaPort):  # type: ignore[misc]
             self.leg.send_frame(read_vector(frame.buf, frame.size))
 
 
-def _linked(audio: Any, port: Any) -> bool:
-    """Whether ``audio`` and ``port`` transmit to each other in the conference bridge.
-
-    False too when pjsua cannot say (the slot went away meanwhile): relinking an existing
-    link is harmless, pjmedia_conf_connect_port() leaves it as it is."""
-    try:
-        audio_slot, port_slot = int(audio.getPortId()), int(port.getPortId())
-        return audio_slot in list(port.getPortInfo().listeners) and port_slot in list(
-            audio.getPortInfo().listeners
-        )
-    except pj.Error:
-        return False
-
-
 class WorkerCall(pj.Call):  # type: ignore[misc]
     def __init__(self, worker: Worker, account: pj.Account, tag: str, call_id: int) -> None:
         super().__init__(account, call_id)
@@ -142,8 +126,6 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
         self.tag = tag
         self.leg = LoopbackLeg(worker.clock_rate)
         self.port: LegPort | None = None
-        #: The call audio's conference slot last linked to :attr:`port` (NO_SLOT: none).
-        self.audio_slot = NO_SLOT
         #: The codec the last ``media`` event named (None: no event yet).
         self.codec: str | None = None
         self.ended = False
@@ -177,9 +159,9 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
         on hold with ``a=sendonly`` and resumes it with ``a=sendrecv``, RFC 3264 §8.4, or
         that moves the media to another address or codec, §8.3) makes pjsua 2.15 stop
         the stream, remove its conference slot and add a new one: the old slot's links
-        are gone with it. The leg's port is created once and relinked whenever the call's
-        audio slot is not the one last linked, or its links are missing. The ``media``
-        event goes out once per call, and again only when the codec changed.
+        are gone with it. The leg's port is created once and linked again each time
+        (linking two slots already linked leaves them as they are). The ``media`` event
+        goes out once per call, and again only when the codec changed.
         """
         info = self.getInfo()
         for media in info.media:
@@ -189,11 +171,8 @@ class WorkerCall(pj.Call):  # type: ignore[misc]
                 continue  # on hold or inactive: relinked when it is active again
             audio = self.getAudioMedia(media.index)
             port = self._leg_port()
-            slot = int(audio.getPortId())
-            if slot != self.audio_slot or not _linked(audio, port):
-                audio.startTransmit(port)
-                port.startTransmit(audio)
-                self.audio_slot = slot
+            audio.startTransmit(port)
+            port.startTransmit(audio)
             codec = ""
             try:
                 stream = self.getStreamInfo(media.index)
