@@ -148,6 +148,11 @@ class Session:
     def key(self) -> tuple[str, str]:
         return (self.user, self.session_id)
 
+    @property
+    def where(self) -> dict[str, str]:
+        """What a refusal's event names the session by."""
+        return {"room": self.room, "user": self.user, "session": self.session_id}
+
     def stats(self) -> dict[str, Any]:
         return {
             "user": self.user,
@@ -411,13 +416,7 @@ class WebRtcGateway:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         except OperationError:
-            raise self._refuse(
-                UNSUPPORTED_CODECS,
-                "Invalid",
-                room=session.room,
-                user=session.user,
-                session=session.session_id,
-            ) from None
+            raise self._refuse(UNSUPPORTED_CODECS, "Invalid", **session.where) from None
         except (InternalError, InvalidStateError, ValueError) as exc:
             self._check_open(session)
             raise ValueError(f"SDP offer refused: {exc}") from None
@@ -515,13 +514,7 @@ class WebRtcGateway:
     def _check_open(self, session: Session) -> None:
         """Refuse an offer whose session was closed while it awaited."""
         if session.closing:
-            raise self._refuse(
-                SESSION_CLOSED,
-                "Conflict",
-                room=session.room,
-                user=session.user,
-                session=session.session_id,
-            )
+            raise self._refuse(SESSION_CLOSED, "Conflict", **session.where)
 
     def _connect_deadline(self, session: Session) -> None:
         session.deadline = None
@@ -543,13 +536,19 @@ class WebRtcGateway:
 
     async def _drop_camera(self, source: VideoSource) -> None:
         """A camera source that has no viewers left: its bus subscription ends, it goes."""
+        if self._forget_camera(source):
+            await source.close()
+
+    def _forget_camera(self, source: VideoSource) -> bool:
+        """Take a camera source out of :attr:`sources` and end its bus subscription, unless
+        a newer source of that name has taken its place; whether it did."""
         if self.sources.get(source.name) is not source:
-            return
+            return False
         del self.sources[source.name]
         task = self._cameras.pop(source.name, None)
         if task is not None:
             task.cancel()
-        await source.close()
+        return True
 
     @staticmethod
     def _prefer(transceiver: Any, codec: str | None) -> None:
@@ -705,14 +704,18 @@ class WebRtcGateway:
         The leg stays joined (no ``leave``): the participant keeps its floor. Its published
         video source stays too, for the new peer connection to feed if it still publishes.
         """
+        self._unregister(session)
+        self._end_views(session)
+        await session.pc.close()
+
+    def _unregister(self, session: Session) -> None:
+        """The session is closing: no connect deadline, out of :attr:`sessions`."""
         session.closing = True
         if session.deadline is not None:
             session.deadline.cancel()
             session.deadline = None
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
-        self._end_views(session)
-        await session.pc.close()
 
     async def _end_leg(self, session: Session, reason: str) -> None:
         """The end of a retired session whose successor was refused: its leg leaves."""
@@ -727,12 +730,7 @@ class WebRtcGateway:
     async def _close(self, session: Session, reason: str, *, leave: bool) -> None:
         if session.closing:
             return
-        session.closing = True
-        if session.deadline is not None:
-            session.deadline.cancel()
-            session.deadline = None
-        if self.sessions.get(session.key) is session:
-            del self.sessions[session.key]
+        self._unregister(session)
         if session.publish is not None and self.sources.get(session.publish.name) is (
             session.publish
         ):
@@ -751,16 +749,8 @@ class WebRtcGateway:
         for view in session.views:
             view.source.remove_viewer(view.track)
             view.track.stop()
-            source = view.source
-            if (
-                source.viewer_count == 0
-                and source.name.startswith(CAMERA_PREFIX)
-                and self.sources.get(source.name) is source  # not a newer one of that name
-            ):
-                task = self._cameras.pop(source.name, None)
-                if task is not None:
-                    task.cancel()
-                del self.sources[source.name]
+            if view.source.viewer_count == 0 and view.source.name.startswith(CAMERA_PREFIX):
+                self._forget_camera(view.source)
         session.views = []
 
     def _closed_event(self, session: Session, reason: str) -> None:
