@@ -29,18 +29,20 @@ PORT_BAND = (6000, 10000)
 PEER_PORT_BAND = (24000, 30000)
 
 
-def free_sip_ports(count: int, band: tuple[int, int] = PORT_BAND) -> int:
+def free_sip_ports(count: int, band: tuple[int, int] = PORT_BAND, *, tcp_too: bool = False) -> int:
     """A base port with ``count`` consecutive free UDP ports (in ``band``, from a random
-    start so that tests running at once rarely meet)."""
+    start so that tests running at once rarely meet); free for TCP too if ``tcp_too``."""
     first, last = band
+    kinds = (socket.SOCK_DGRAM, socket.SOCK_STREAM) if tcp_too else (socket.SOCK_DGRAM,)
     for _ in range(200):
         base = random.randrange(first, last - count)
         socks = []
         try:
             for i in range(count):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind(("127.0.0.1", base + i))
+                for kind in kinds:
+                    s = socket.socket(socket.AF_INET, kind)
+                    socks.append(s)
+                    s.bind(("127.0.0.1", base + i))
             return base
         except OSError:
             continue
@@ -55,20 +57,7 @@ def free_udp_tcp_port() -> int:
     for SIP (and its console), and a port from ``bind(port=0)`` is in the kernel's
     ephemeral range, where another program's outgoing TCP connection may take it meanwhile
     (a clean-clone run met "tcp: sock_bind: Address already in use")."""
-    first, last = PEER_PORT_BAND
-    for _ in range(200):
-        port = random.randrange(first, last)
-        try:
-            with (
-                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp,
-                socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp,
-            ):
-                udp.bind(("127.0.0.1", port))
-                tcp.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no port free for both UDP and TCP")
+    return free_sip_ports(1, PEER_PORT_BAND, tcp_too=True)
 
 
 def sip_toml(
