@@ -39,7 +39,7 @@ LISTEN_S = 2.0
 RATE = 8000
 
 
-def test_audio_flows_both_ways_after_a_hold_and_resume(
+def test_the_phone_is_heard_in_the_room_after_a_hold_and_resume(
     sip_server: tuple[Server, int],  # noqa: F811 (fixture)
     tmp_path: Path,
 ) -> None:
